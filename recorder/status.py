@@ -1,0 +1,86 @@
+"""What ``recorder status`` reports: per symbol, how complete and how current the store is."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from recorder import layout
+from recorder.store import last_trade, read_gaps, read_missing
+
+__all__ = ["store_status"]
+
+
+def _running_pid(root: Path) -> int | None:
+    """The pid holding the store lock, or None when no recorder runs."""
+    path = root / layout.LOCK
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)
+    return None
+
+
+def _count_lines(paths: list[Path]) -> int:
+    n = 0
+    for p in paths:
+        with open(p, "rb") as f:
+            n += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 20), b""))
+    return n
+
+
+def store_status(root: Path, now_ms: int | None = None) -> dict[str, Any]:
+    """A JSON-ready summary of the store; works while the recorder writes it."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    live: dict[str, Any] = {}
+    state = root / layout.STATE / "recorder.json"
+    if state.exists():
+        live = orjson.loads(state.read_bytes())
+    symbols = sorted(
+        {p.name.split("=", 1)[1] for p in (root / layout.TRADES).glob("symbol=*")}
+        | set(live.get("symbols", {}))
+    )
+    rows = []
+    for s in symbols:
+        dirs = layout.hour_dirs(root, s)
+        last = last_trade(root, s)
+        gaps = read_gaps(root, s)
+        rows.append(
+            {
+                "symbol": s,
+                "last_trade_id": last[0] if last else None,
+                "last_trade_time": (
+                    time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(last[1] / 1000))
+                    + f".{last[1] % 1000:03d}Z"
+                    if last
+                    else None
+                ),
+                "behind_seconds": round((now_ms - last[1]) / 1000, 3) if last else None,
+                "hours_parquet": sum((d / layout.PARQUET).exists() for d in dirs),
+                "hours_ndjson": sum(any(d.glob("*.ndjson")) for d in dirs),
+                "gaps": len(gaps),
+                "gap_trades": sum(g["last_id"] - g["first_id"] + 1 for g in gaps),
+                "missing_being_fetched": sum(m.last - m.first + 1 for m in read_missing(root, s)),
+            }
+        )
+    rejects = sorted((root / layout.REJECTS).glob("*.ndjson"))
+    pid = _running_pid(root)
+    return {
+        "data_dir": str(root),
+        "recorder_running": pid is not None,
+        "pid": pid,
+        "rejects": _count_lines(rejects),
+        "stats": live.get("stats", {}) if pid is not None else {},
+        "symbols": rows,
+    }

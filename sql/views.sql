@@ -1,0 +1,104 @@
+-- tapewatch: DuckDB views over the store.
+--
+-- Needs the store's location in the DuckDB variable `data_dir`; with the stock CLI:
+--   duckdb -cmd "SET VARIABLE data_dir='data'" -cmd ".read sql/views.sql"
+--
+-- trades: one row per trade over closed (Parquet) and open (NDJSON) hours, deduplicated on
+--         (symbol, trade_id), preferring Parquet, then the stream's copy over REST's.
+-- gaps:   trade ids the recorder could not fetch, with the trade times around them.
+-- Times are TIMESTAMPTZ (UTC); this script sets the session to UTC so they print as such.
+-- Raw keys t/T, e/E, m/M collide in DuckDB's case-insensitive columns, so open hours are read
+-- as JSON values and extracted with case-sensitive paths.
+
+SET TimeZone = 'UTC';
+
+-- The symbol comes from the Hive-style path (symbol=BTCUSDT/...); the seed files sit outside it.
+-- The store has zero-row seed files (written by `recorder`), so the globs below always match.
+-- A directory the recorder has never written gives empty views instead of an error.
+SET VARIABLE _tw_store = (
+    SELECT count(*) > 0 FROM glob(getvariable('data_dir') || '/trades/_schema.parquet')
+);
+SET VARIABLE _tw_gaps = (
+    SELECT count(*) > 0 FROM glob(getvariable('data_dir') || '/gaps/gaps.ndjson')
+);
+
+CREATE OR REPLACE TEMP VIEW _tw_closed AS
+SELECT * FROM query(CASE WHEN getvariable('_tw_store') THEN
+    'SELECT upper(regexp_extract(filename, ''symbol=([A-Za-z0-9]+)'', 1)) AS symbol, trade_id, price, qty, trade_time, event_time,
+            is_buyer_maker, recv_time, is_best_match, quote_qty, buyer_order_id,
+            seller_order_id, source, event_type, extra, 0 AS _tier
+     FROM read_parquet(getvariable(''data_dir'') || ''/trades/**/*.parquet'',
+                       filename = true, union_by_name = true)
+     WHERE filename LIKE ''%symbol=%'''
+ELSE
+    'SELECT NULL::VARCHAR AS symbol, NULL::BIGINT AS trade_id, NULL::DOUBLE AS price,
+            NULL::DOUBLE AS qty, NULL::TIMESTAMPTZ AS trade_time, NULL::TIMESTAMPTZ AS event_time,
+            NULL::BOOLEAN AS is_buyer_maker, NULL::TIMESTAMPTZ AS recv_time,
+            NULL::BOOLEAN AS is_best_match, NULL::DOUBLE AS quote_qty,
+            NULL::BIGINT AS buyer_order_id, NULL::BIGINT AS seller_order_id,
+            NULL::VARCHAR AS source, NULL::VARCHAR AS event_type, NULL::VARCHAR AS extra,
+            0 AS _tier
+     WHERE false'
+END);
+
+CREATE OR REPLACE TEMP VIEW _tw_open_lines AS
+SELECT * FROM query(CASE WHEN getvariable('_tw_store') THEN
+    'SELECT json, filename
+     FROM read_ndjson_objects(getvariable(''data_dir'') || ''/trades/**/*.ndjson'',
+                              ignore_errors = true, filename = true)'
+ELSE
+    'SELECT NULL::JSON AS json, NULL::VARCHAR AS filename WHERE false'
+END);
+
+CREATE OR REPLACE TEMP VIEW _tw_open AS
+WITH l AS (
+    SELECT
+        json->'$.frame.data' AS d,
+        json->'$.rest' AS r,
+        json,
+        regexp_extract(filename, 'symbol=([A-Za-z0-9]+)', 1) AS path_symbol
+    FROM _tw_open_lines
+    WHERE json IS NOT NULL
+)
+SELECT
+    upper(coalesce(d->>'$.s', json->>'$.symbol', path_symbol)) AS symbol,
+    coalesce((d->>'$.t')::BIGINT, (r->>'$.id')::BIGINT) AS trade_id,
+    coalesce(d->>'$.p', r->>'$.price')::DOUBLE AS price,
+    coalesce(d->>'$.q', r->>'$.qty')::DOUBLE AS qty,
+    epoch_ms(coalesce((d->>'$.T')::BIGINT, (r->>'$.time')::BIGINT)) AT TIME ZONE 'UTC' AS trade_time,
+    epoch_ms((d->>'$.E')::BIGINT) AT TIME ZONE 'UTC' AS event_time,
+    coalesce((d->>'$.m')::BOOLEAN, (r->>'$.isBuyerMaker')::BOOLEAN) AS is_buyer_maker,
+    make_timestamp((json->>'$.recv_time')::BIGINT) AT TIME ZONE 'UTC' AS recv_time,
+    coalesce((d->>'$.M')::BOOLEAN, (r->>'$.isBestMatch')::BOOLEAN) AS is_best_match,
+    (r->>'$.quoteQty')::DOUBLE AS quote_qty,
+    (d->>'$.b')::BIGINT AS buyer_order_id,
+    (d->>'$.a')::BIGINT AS seller_order_id,
+    CASE WHEN d IS NOT NULL THEN 'ws' ELSE 'rest' END AS source,
+    d->>'$.e' AS event_type,
+    json->>'$.extra' AS extra,
+    CASE WHEN d IS NOT NULL THEN 1 ELSE 2 END AS _tier
+FROM l
+WHERE coalesce(d->>'$.t', r->>'$.id') IS NOT NULL;
+
+CREATE OR REPLACE VIEW trades AS
+SELECT * EXCLUDE (_tier)
+FROM (SELECT * FROM _tw_closed UNION ALL BY NAME SELECT * FROM _tw_open)
+QUALIFY row_number() OVER (PARTITION BY symbol, trade_id ORDER BY _tier) = 1;
+
+CREATE OR REPLACE VIEW gaps AS
+SELECT * FROM query(CASE WHEN getvariable('_tw_gaps') THEN
+    'SELECT symbol, first_id, last_id, last_id - first_id + 1 AS trades,
+            epoch_ms(after_time) AT TIME ZONE ''UTC'' AS after_time,
+            epoch_ms(before_time) AT TIME ZONE ''UTC'' AS before_time,
+            reason, epoch_ms(recorded_at) AT TIME ZONE ''UTC'' AS recorded_at
+     FROM read_json(getvariable(''data_dir'') || ''/gaps/gaps.ndjson'', format = ''newline_delimited'',
+                    columns = {symbol: ''VARCHAR'', first_id: ''BIGINT'', last_id: ''BIGINT'',
+                               after_time: ''BIGINT'', before_time: ''BIGINT'',
+                               reason: ''VARCHAR'', recorded_at: ''BIGINT''},
+                    ignore_errors = true)'
+ELSE
+    'SELECT NULL::VARCHAR AS symbol, NULL::BIGINT AS first_id, NULL::BIGINT AS last_id,
+            NULL::BIGINT AS trades, NULL::TIMESTAMPTZ AS after_time,
+            NULL::TIMESTAMPTZ AS before_time, NULL::VARCHAR AS reason,
+            NULL::TIMESTAMPTZ AS recorded_at WHERE false'
+END);

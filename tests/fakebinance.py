@@ -1,0 +1,228 @@
+"""A fake Binance on 127.0.0.1 (port 0): combined trade stream plus REST, on one port.
+
+The market runs on its own clock in a background thread: ``rate`` trades a second are
+"executed" from a tape of real frames and sent to every open connection; REST serves every
+executed trade by id. Tests script misbehaviour: drop connections, stall, send
+``serverShutdown``, inject garbage, fail or rate-limit REST, refuse connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+DATA = Path(__file__).parent / "data"
+CAPTURE_2024 = DATA / "btcusdt-trade-2024-08-08T2354Z.combined.jsonl.gz"
+CAPTURE_2023 = DATA / "btcusdt-trade-2023-04-04T2359Z.combined.jsonl.gz"
+
+
+def load_frames(path: Path) -> list[bytes]:
+    return gzip.open(path).read().splitlines()
+
+
+def rest_item(frame: bytes) -> dict:
+    d = orjson.loads(frame)["data"]
+    return {
+        "id": d["t"],
+        "price": d["p"],
+        "qty": d["q"],
+        "quoteQty": f"{Decimal(d['p']) * Decimal(d['q']):.8f}",
+        "time": d["T"],
+        "isBuyerMaker": d["m"],
+        "isBestMatch": d["M"],
+    }
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: ServerConnection
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    streams: str = ""
+
+
+class FakeBinance:
+    def __init__(self, frames: list[bytes], rate: float = 2000.0, tick: float = 0.01):
+        self.frames = frames
+        self.rate = rate
+        self.tick = tick
+        self.first_id = orjson.loads(frames[0])["data"]["t"]
+        self.executed = 0
+        self.clients: list[_Client] = []
+        self.connections = 0
+        self.rest_requests: list[tuple[int, int]] = []
+        self.rest_mode = "ok"  # ok | fail | 429
+        self.retry_after = 1
+        self.refuse = False
+        self.paused = True
+        self.actions: dict[int, list] = {}
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._server = None
+        self._market_task = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> FakeBinance:
+        self._thread.start()
+        self._call(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def _call(self, coro, timeout: float = 10):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        self._server = await serve(self._handler, "127.0.0.1", 0, process_request=self._http)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._market_task = asyncio.ensure_future(self._market())
+
+    async def _stop(self) -> None:
+        self._market_task.cancel()
+        self._server.close(close_connections=False)
+        for c in list(self.clients):
+            c.queue.put_nowait(b"")  # wake the sender, which then fails on the aborted socket
+            c.ws.transport.abort()
+        await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # ---- the market ----------------------------------------------------------------
+
+    def start_market(self) -> None:
+        self.paused = False
+
+    def at(self, index: int, action) -> None:
+        """Run ``action(self)`` (in the server thread) just before trade ``index`` executes."""
+        self.actions.setdefault(index, []).append(action)
+
+    async def _market(self) -> None:
+        carry = 0.0
+        last = time.monotonic()
+        while self.executed < len(self.frames):
+            await asyncio.sleep(self.tick)
+            now = time.monotonic()
+            if self.paused:
+                last = now
+                continue
+            carry += (now - last) * self.rate
+            last = now
+            n, carry = int(carry), carry - int(carry)
+            for _ in range(n):
+                if self.executed >= len(self.frames):
+                    break
+                for act in self.actions.pop(self.executed, []):
+                    act(self)
+                frame = self.frames[self.executed]
+                self.executed += 1
+                for c in self.clients:
+                    c.queue.put_nowait(frame)
+
+    def wait_done(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.executed < len(self.frames):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"market executed {self.executed}/{len(self.frames)}")
+            time.sleep(0.02)
+
+    # ---- misbehaviour (call from the server thread via ``at``, or threadsafe helpers) ---
+
+    def drop_all(self) -> None:
+        for c in list(self.clients):
+            c.ws.transport.abort()
+
+    def shutdown_all(self, close_after: float = 0.5) -> None:
+        msg = orjson.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1}})
+        victims = list(self.clients)
+        for c in victims:
+            c.queue.put_nowait(msg)
+
+        def close() -> None:
+            for c in victims:
+                c.ws.transport.abort()
+
+        self.loop.call_later(close_after, close)
+
+    def stall_all(self) -> None:
+        """Stop sending and stop reading (so pings go unanswered), connection left open."""
+        for c in list(self.clients):
+            c.queue.put_nowait(None)
+            c.ws.transport.pause_reading()
+
+    def inject(self, raw: bytes) -> None:
+        for c in self.clients:
+            c.queue.put_nowait(raw)
+
+    def threadsafe(self, fn, *args) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    # ---- servers -------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        client = _Client(ws, streams=ws.request.path if ws.request else "")
+        self.clients.append(client)
+        self.connections += 1
+        try:
+            while True:
+                frame = await client.queue.get()
+                if frame is None:  # stalled: hold the connection, send nothing
+                    await asyncio.sleep(3600)
+                await ws.send(frame.decode() if isinstance(frame, bytes) else frame)
+        except Exception:  # noqa: BLE001 - a dropped client simply ends
+            pass
+        finally:
+            self.clients.remove(client)
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urllib.parse.urlsplit(request.path)
+        if path.path.startswith("/stream"):
+            if self.refuse:
+                return connection.respond(503, "maintenance\n")
+            return None
+        if path.path == "/api/v3/ping":
+            return self._json(connection, 200, {})
+        if path.path == "/api/v3/historicalTrades":
+            q = dict(urllib.parse.parse_qsl(path.query))
+            from_id, limit = int(q.get("fromId", self.first_id)), int(q.get("limit", 500))
+            self.rest_requests.append((from_id, limit))
+            if self.rest_mode == "fail":
+                return connection.respond(500, "internal error\n")
+            if self.rest_mode == "429":
+                resp = connection.respond(429, "too many requests\n")
+                resp.headers["Retry-After"] = str(self.retry_after)
+                self.rest_mode = "ok"
+                return resp
+            lo = max(0, from_id - self.first_id)
+            hi = min(self.executed, lo + limit)
+            return self._json(connection, 200, [rest_item(f) for f in self.frames[lo:hi]])
+        return connection.respond(404, "not found\n")
+
+    @staticmethod
+    def _json(connection: ServerConnection, status: int, obj) -> Response:
+        body = orjson.dumps(obj)
+        return Response(
+            status,
+            "OK" if status == 200 else "Error",
+            Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))]),
+            body,
+        )
