@@ -67,7 +67,7 @@ def compact_hour(root: Path, hour_dir: Path, include_active: bool = True) -> Com
     _quarantine(root, bad)
     rank = pl.col("source").replace_strict(SOURCE_RANK, default=9, return_dtype=pl.Int8)
     table = (
-        table.sort([pl.col("trade_id"), rank])
+        table.sort([pl.col("trade_id"), rank], maintain_order=True)
         .unique(subset="trade_id", keep="first", maintain_order=True)
     )
     final = hour_dir / layout.PARQUET

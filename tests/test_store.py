@@ -1,0 +1,154 @@
+"""Writer -> NDJSON -> compaction -> Parquet, read back by Polars and by DuckDB's views."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pytest
+from conftest import assert_rows_match_frames, stored_rows, view_query
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recorder import layout
+from recorder.compact import closed_hours, compact_hour
+from recorder.frames import Kind, decode_frame
+from recorder.store import init_store, last_trade
+from recorder.writer import StoreWriter
+
+SYMS = frozenset({"BTCUSDT"})
+
+
+def write_frames(root: Path, frames: list[bytes]) -> None:
+    init_store(root)
+    w = StoreWriter(root)
+    batch = []
+    for i, raw in enumerate(frames):
+        f = decode_frame(raw, 1_700_000_000_000_000 + i, SYMS)
+        assert f.kind is Kind.TRADE
+        batch.append((f.symbol, layout.hour_of(f.trade_time), f.line))
+    w.append(batch)
+    w.close()
+
+
+def compact_all(root: Path) -> list:
+    return [compact_hour(root, d) for d in closed_hours(root, 2**62, 0)]
+
+
+def test_capture_crosses_hour_and_midnight_then_compacts(tmp_path, frames_2024):
+    write_frames(tmp_path, frames_2024)
+    dirs = [d.relative_to(tmp_path).as_posix() for d in layout.hour_dirs(tmp_path)]
+    assert dirs == [
+        "trades/symbol=BTCUSDT/date=2024-08-08/hour=23",
+        "trades/symbol=BTCUSDT/date=2024-08-09/hour=00",
+    ]
+    # Open hours: the views already see every trade.
+    assert view_query(tmp_path, "SELECT count(*), count(DISTINCT trade_id) FROM trades") == [(19904, 19904)]
+    results = compact_all(tmp_path)
+    assert [r.rows for r in results] == [9738, 10166]
+    assert not list(tmp_path.glob("trades/**/trades*.ndjson"))
+    rows = stored_rows(tmp_path)
+    assert_rows_match_frames(rows, frames_2024)
+    assert rows["trade_time"].dt.hour().unique().sort().to_list() == [0, 23]
+    assert view_query(
+        tmp_path,
+        "SELECT count(*), min(trade_id), max(trade_id), sum(qty)::DECIMAL(18,8), "
+        "count(*) FILTER (WHERE trade_time >= TIMESTAMPTZ '2024-08-09 00:00:00+00') FROM trades",
+    ) == [(19904, 3735683259, 3735703162, pl.Series([orjson.loads(f)["data"]["q"] for f in frames_2024]).cast(pl.Decimal(18, 8)).sum(), 10166)]
+    assert last_trade(tmp_path, "BTCUSDT") == (3735703162, 1723161905800)
+
+
+def test_2023_capture_keeps_buyer_and_seller_order_ids(tmp_path, frames_2023):
+    write_frames(tmp_path, frames_2023)
+    compact_all(tmp_path)
+    rows = stored_rows(tmp_path)
+    assert_rows_match_frames(rows, frames_2023)
+    assert rows["buyer_order_id"][0] == 20720542158 and rows["seller_order_id"][0] == 20720542592
+    assert view_query(tmp_path, "SELECT count(*) FROM trades WHERE buyer_order_id IS NULL") == [(0,)]
+
+
+def test_compaction_is_idempotent_and_repairs_a_crash(tmp_path, frames_2024):
+    frames = frames_2024[:500]
+    write_frames(tmp_path, frames)
+    d = layout.hour_dirs(tmp_path)[0]
+    compact_all(tmp_path)
+    first = (d / layout.PARQUET).read_bytes()
+    # A crash after the rename but before the NDJSON was deleted leaves both; a torn line too.
+    write_frames(tmp_path, frames[400:])
+    with open(d / layout.ACTIVE_NDJSON, "ab") as f:
+        f.write(b'{"recv_time":1,"frame":{"stream":"btcu')
+    assert view_query(tmp_path, "SELECT count(*) FROM trades") == [(500,)]
+    (r,) = compact_all(tmp_path)
+    assert (r.rows, r.ndjson_files, r.rejected_lines) == (500, 1, 1)
+    assert pl.read_parquet(d / layout.PARQUET).equals(pl.read_parquet(__import__("io").BytesIO(first)))
+    assert compact_all(tmp_path) == []
+    rejects = list((tmp_path / "rejects").glob("*.ndjson"))
+    rec = orjson.loads(rejects[0].read_bytes().splitlines()[0])
+    assert rec["frame"] == '{"recv_time":1,"frame":{"stream":"btcu'
+    assert rec["reason"].startswith("unparseable line 101 of trades/symbol=BTCUSDT/")
+
+
+def test_append_after_a_torn_line_starts_a_new_line(tmp_path, frames_2024):
+    write_frames(tmp_path, frames_2024[:3])
+    d = layout.hour_dirs(tmp_path)[0]
+    with open(d / layout.ACTIVE_NDJSON, "ab") as f:
+        f.write(b'{"recv_time":1,"fra')
+    write_frames(tmp_path, frames_2024[3:6])
+    lines = (d / layout.ACTIVE_NDJSON).read_bytes().split(b"\n")
+    assert lines[3] == b'{"recv_time":1,"fra' and lines[4].startswith(b'{"recv_time":')
+    (r,) = compact_all(tmp_path)
+    assert (r.rows, r.rejected_lines) == (6, 1)
+
+
+def test_corrupt_parquet_is_named_and_ndjson_kept(tmp_path, frames_2024):
+    write_frames(tmp_path, frames_2024[:10])
+    d = layout.hour_dirs(tmp_path)[0]
+    (d / layout.PARQUET).write_bytes(b"PAR1garbage")
+    from recorder.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"trades\.parquet is not a readable Parquet file"):
+        compact_hour(tmp_path, d)
+    assert (d / layout.ACTIVE_NDJSON).exists()
+
+
+def test_empty_store_views_are_empty(tmp_path):
+    assert view_query(tmp_path / "nothing-here", "SELECT count(*) FROM trades") == [(0,)]
+    init_store(tmp_path)
+    assert view_query(tmp_path, "SELECT count(*) FROM trades") == [(0,)]
+    assert view_query(tmp_path, "SELECT count(*) FROM gaps") == [(0,)]
+
+
+_trade = st.fixed_dictionaries(
+    {
+        "t": st.integers(0, 2**40),
+        "p": st.decimals("0.00000001", "99999999", places=8).map(lambda d: f"{d:.8f}"),
+        "q": st.decimals("0", "999999999", places=8).map(lambda d: f"{d:.8f}"),
+        "T": st.integers(1_500_000_000_000, 1_500_000_000_000 + 5 * 3_600_000),
+        "m": st.booleans(),
+        "M": st.booleans(),
+    },
+    optional={"b": st.integers(0, 2**50), "a": st.integers(0, 2**50), "Z": st.text(max_size=5)},
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_trade, min_size=1, max_size=40, unique_by=lambda d: d["t"]))
+def test_any_frames_written_then_read_back_lose_nothing(tmp_path_factory, trades):
+    root = tmp_path_factory.mktemp("prop")
+    frames = [
+        orjson.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": d["T"] + 1, "s": "BTCUSDT", **d}})
+        for d in trades
+    ]
+    write_frames(root, frames)
+    compact_all(root)
+    rows = stored_rows(root)
+    by_id = sorted(frames, key=lambda f: orjson.loads(f)["data"]["t"])
+    assert_rows_match_frames(rows, by_id)
+    # Exact decimal values: from the float column, or from extra when a float cannot hold them.
+    for row, d in zip(rows.iter_rows(named=True), sorted(trades, key=lambda d: d["t"]), strict=True):
+        extra = orjson.loads(row["extra"]) if row["extra"] else {}
+        assert Decimal(extra.pop("p", repr(row["price"]))) == Decimal(d["p"])
+        assert Decimal(extra.pop("q", repr(row["qty"]))) == Decimal(d["q"])
+        assert extra == ({"Z": d["Z"]} if "Z" in d else {})
