@@ -44,6 +44,9 @@ def rest_item(frame: bytes) -> dict:
     }
 
 
+_END = b"<end of connection>"
+
+
 @dataclass(eq=False)
 class _Client:
     ws: ServerConnection
@@ -82,12 +85,15 @@ class FakeBinance:
         self._call(self._stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        self.loop.close()
 
     def _call(self, coro, timeout: float = 10):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> None:
-        self._server = await serve(self._handler, "127.0.0.1", 0, process_request=self._http)
+        self._server = await serve(
+            self._handler, "127.0.0.1", 0, process_request=self._http, close_timeout=0.2
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self._market_task = asyncio.ensure_future(self._market())
 
@@ -95,8 +101,7 @@ class FakeBinance:
         self._market_task.cancel()
         self._server.close(close_connections=False)
         for c in list(self.clients):
-            c.queue.put_nowait(b"")  # wake the sender, which then fails on the aborted socket
-            c.ws.transport.abort()
+            self._end(c)
         await asyncio.wait_for(self._server.wait_closed(), 5)
 
     @property
@@ -147,9 +152,15 @@ class FakeBinance:
 
     # ---- misbehaviour (call from the server thread via ``at``, or threadsafe helpers) ---
 
+    @staticmethod
+    def _end(c: _Client) -> None:
+        """Abort the TCP connection (no close frame) and end its handler."""
+        c.ws.transport.abort()
+        c.queue.put_nowait(_END)
+
     def drop_all(self) -> None:
         for c in list(self.clients):
-            c.ws.transport.abort()
+            self._end(c)
 
     def shutdown_all(self, close_after: float = 0.5) -> None:
         msg = orjson.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1}})
@@ -159,7 +170,7 @@ class FakeBinance:
 
         def close() -> None:
             for c in victims:
-                c.ws.transport.abort()
+                self._end(c)
 
         self.loop.call_later(close_after, close)
 
@@ -185,9 +196,18 @@ class FakeBinance:
         try:
             while True:
                 frame = await client.queue.get()
-                if frame is None:  # stalled: hold the connection, send nothing
-                    await asyncio.sleep(3600)
-                await ws.send(frame.decode() if isinstance(frame, bytes) else frame)
+                if frame is _END:
+                    return
+                if frame is None:  # stalled: send nothing until the end
+                    while await client.queue.get() is not _END:
+                        pass
+                    return
+                try:
+                    text = frame.decode()
+                except UnicodeDecodeError:  # not UTF-8: can only go as a binary frame
+                    await ws.send(frame)
+                    continue
+                await ws.send(text)
         except Exception:  # noqa: BLE001 - a dropped client simply ends
             pass
         finally:
