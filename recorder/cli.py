@@ -16,7 +16,11 @@ import click
 from recorder import __version__, config
 from recorder.errors import ConfigError, RecorderError
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "TAPEWATCH", "show_default": True}
+CONTEXT = {
+    "help_option_names": ["-h", "--help"],
+    "auto_envvar_prefix": "TAPEWATCH",
+    "show_default": True,
+}
 _SYMBOL = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -79,23 +83,101 @@ def main() -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--symbols", required=True, help="Comma-separated symbols, any case (env TAPEWATCH_SYMBOLS).")
+@click.option(
+    "--symbols", required=True, help="Comma-separated symbols, any case (env TAPEWATCH_SYMBOLS)."
+)
 @_data_dir_option
-@click.option("--ws-url", default=config.DEFAULT_WS_URL, help="Stream host; /stream?streams=... is appended.")
+@click.option(
+    "--ws-url", default=config.DEFAULT_WS_URL, help="Stream host; /stream?streams=... is appended."
+)
 @click.option("--rest-url", default=config.DEFAULT_REST_URL, help="REST host for backfill.")
-@click.option("--fsync-interval", type=float, default=config.FSYNC_INTERVAL, help="Seconds between fsyncs of the open hour.")
-@click.option("--compact-grace", type=float, default=config.COMPACT_GRACE, help="Seconds after an hour ends before it is compacted.")
-@click.option("--compact-interval", type=float, default=config.COMPACT_INTERVAL, help="Seconds between looks for closed hours.")
-@click.option("--max-connection-age", type=float, default=config.MAX_CONNECTION_AGE, help="Seconds before a connection is replaced (Binance's limit is 24 h).")
-@click.option("--overlap-max", type=float, default=config.OVERLAP_MAX, help="Seconds both connections may run while switching.")
-@click.option("--ping-interval", type=float, default=config.PING_INTERVAL, help="Seconds between keepalive pings.")
-@click.option("--ping-timeout", type=float, default=config.PING_TIMEOUT, help="Seconds without a pong before a connection counts as dead.")
-@click.option("--backoff-initial", type=float, default=config.BACKOFF_INITIAL, help="First reconnect delay, seconds (jittered, doubling).")
-@click.option("--backoff-max", type=float, default=config.BACKOFF_MAX, help="Largest reconnect delay, seconds.")
-@click.option("--rest-weight-per-minute", type=int, default=config.REST_WEIGHT_PER_MINUTE, help="REST request weight budget (Binance allows 6000).")
-@click.option("--rest-give-up", type=float, default=config.REST_GIVE_UP, help="Seconds of failing REST before missing ids are recorded as a gap.")
-@click.option("--queue-max", type=int, default=config.QUEUE_MAX, help="Trades buffered between socket and disk.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option(
+    "--fsync-interval",
+    type=float,
+    default=config.FSYNC_INTERVAL,
+    help="Seconds between fsyncs of the open hour.",
+)
+@click.option(
+    "--compact-grace",
+    type=float,
+    default=config.COMPACT_GRACE,
+    help="Seconds after an hour ends before it is compacted.",
+)
+@click.option(
+    "--compact-interval",
+    type=float,
+    default=config.COMPACT_INTERVAL,
+    help="Seconds between looks for closed hours.",
+)
+@click.option(
+    "--max-connection-age",
+    type=float,
+    default=config.MAX_CONNECTION_AGE,
+    help="Seconds before a connection is replaced (Binance's limit is 24 h).",
+)
+@click.option(
+    "--overlap-max",
+    type=float,
+    default=config.OVERLAP_MAX,
+    help="Seconds both connections may run while switching.",
+)
+@click.option(
+    "--ping-interval",
+    type=float,
+    default=config.PING_INTERVAL,
+    help="Seconds between keepalive pings.",
+)
+@click.option(
+    "--ping-timeout",
+    type=float,
+    default=config.PING_TIMEOUT,
+    help="Seconds without a pong before a connection counts as dead.",
+)
+@click.option(
+    "--backoff-initial",
+    type=float,
+    default=config.BACKOFF_INITIAL,
+    help="First reconnect delay, seconds (jittered, doubling).",
+)
+@click.option(
+    "--backoff-max",
+    type=float,
+    default=config.BACKOFF_MAX,
+    help="Largest reconnect delay, seconds.",
+)
+@click.option(
+    "--rest-weight-per-minute",
+    type=int,
+    default=config.REST_WEIGHT_PER_MINUTE,
+    help="REST request weight budget (Binance allows 6000).",
+)
+@click.option(
+    "--rest-give-up",
+    type=float,
+    default=config.REST_GIVE_UP,
+    help="Seconds of failing REST before missing ids are recorded as a gap.",
+)
+@click.option(
+    "--open-timeout",
+    type=float,
+    default=config.OPEN_TIMEOUT,
+    help="Seconds to wait for a connection to open.",
+)
+@click.option(
+    "--status-interval",
+    type=float,
+    default=config.STATUS_INTERVAL,
+    help="Seconds between status updates (state/recorder.json, systemd STATUS).",
+)
+@click.option(
+    "--queue-max",
+    type=int,
+    default=config.QUEUE_MAX,
+    help="Trades buffered between socket and disk.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
+)
 @_errors
 def run(symbols: str, data_dir: Path, log_level: str, **tunables: Any) -> None:
     """Stream trades of SYMBOLS into the store until SIGTERM or SIGINT.
@@ -113,7 +195,12 @@ def run(symbols: str, data_dir: Path, log_level: str, **tunables: Any) -> None:
 
 @main.command(context_settings=CONTEXT)
 @_data_dir_option
-@click.option("--grace", type=float, default=config.COMPACT_GRACE, help="Only hours that ended this many seconds ago.")
+@click.option(
+    "--grace",
+    type=float,
+    default=config.COMPACT_GRACE,
+    help="Only hours that ended this many seconds ago.",
+)
 @click.option("--all", "everything", is_flag=True, help="Compact open hours too.")
 @_errors
 def compact(data_dir: Path, grace: float, everything: bool) -> None:
@@ -131,10 +218,15 @@ def compact(data_dir: Path, grace: float, everything: bool) -> None:
     init_store(data_dir)
     with StoreLock(data_dir):
         now_ms = 2**62 if everything else int(time.time() * 1000)
-        results = [compact_hour(data_dir, d) for d in closed_hours(data_dir, now_ms, int(grace * 1000))]
+        results = [
+            compact_hour(data_dir, d) for d in closed_hours(data_dir, now_ms, int(grace * 1000))
+        ]
     trades = sum(r.rows for r in results)
     rejected = sum(r.rejected_lines for r in results)
-    click.echo(f"compacted {len(results)} hours ({trades} trades); {rejected} unparseable lines quarantined")
+    hours = len(results)
+    click.echo(
+        f"compacted {hours} hours ({trades} trades); {rejected} unparseable lines quarantined"
+    )
 
 
 @main.command(context_settings=CONTEXT)
@@ -159,10 +251,25 @@ def status(data_dir: Path, fmt: str) -> None:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
     running = f"running (pid {report['pid']})" if report["recorder_running"] else "not running"
-    click.echo(f"store {report['data_dir']}: recorder {running}; {report['rejects']} rejected frames")
-    cols = ["symbol", "last_trade_id", "last_trade_time", "behind_seconds", "hours_parquet", "hours_ndjson", "gaps", "gap_trades"]
+    click.echo(
+        f"store {report['data_dir']}: recorder {running}; {report['rejects']} rejected frames"
+    )
+    cols = [
+        "symbol",
+        "last_trade_id",
+        "last_trade_time",
+        "behind_seconds",
+        "hours_parquet",
+        "hours_ndjson",
+        "gaps",
+        "gap_trades",
+    ]
     rows = [[("" if r[c] is None else str(r[c])) for c in cols] for r in report["symbols"]]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

@@ -66,9 +66,8 @@ def compact_hour(root: Path, hour_dir: Path, include_active: bool = True) -> Com
     table, bad = read_hour(hour_dir, include_active)
     _quarantine(root, bad)
     rank = pl.col("source").replace_strict(SOURCE_RANK, default=9, return_dtype=pl.Int8)
-    table = (
-        table.sort([pl.col("trade_id"), rank], maintain_order=True)
-        .unique(subset="trade_id", keep="first", maintain_order=True)
+    table = table.sort([pl.col("trade_id"), rank], maintain_order=True).unique(
+        subset="trade_id", keep="first", maintain_order=True
     )
     final = hour_dir / layout.PARQUET
     tmp = hour_dir / f".{layout.PARQUET}.tmp-{os.getpid()}"

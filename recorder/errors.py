@@ -1,12 +1,12 @@
 """The recorder's exceptions.
 
-    RecorderError                 anything the CLI turns into one ``Error:`` line
-    ├── ConfigError               bad options: symbol, data directory, URL
-    ├── StoreError                the store cannot be read or written as asked
-    │   ├── StoreLockedError      another recorder (or compact) holds the data directory
-    │   └── CompactionError       a Parquet file did not read back as written
-    └── ExchangeError             the exchange answered in a way we cannot use
-        └── RestUnavailable       REST failed (network, 5xx, ban) after retries
+RecorderError                 anything the CLI turns into one ``Error:`` line
+├── ConfigError               bad options: symbol, data directory, URL
+├── StoreError                the store cannot be read or written as asked
+│   ├── StoreLockedError      another recorder (or compact) holds the data directory
+│   └── CompactionError       a Parquet file did not read back as written
+└── ExchangeError             the exchange answered in a way we cannot use
+    └── RestUnavailable       REST failed (network, 5xx, ban) after retries
 """
 
 from __future__ import annotations

@@ -87,7 +87,9 @@ def _number_ok(s: Any, *, positive: bool) -> bool:
     return math.isfinite(v) and (v > 0 if positive else v >= 0)
 
 
-def _extra(obj: dict[str, Any], known: frozenset[str], price: str, qty: str, pk: str, qk: str):
+def _extra(
+    obj: dict[str, Any], known: frozenset[str], price: str, qty: str, pk: str, qk: str
+) -> dict[str, Any]:
     extra = {k: obj[k] for k in obj.keys() - known}
     if not _float_exact(price):
         extra[pk] = price
@@ -118,8 +120,11 @@ def decode_frame(raw: bytes, recv_us: int, symbols: frozenset[str]) -> Frame:
         if event == "serverShutdown":
             return Frame(Kind.SHUTDOWN)
         return Frame(Kind.REJECT, reason=f"unexpected event {str(event)[:40]!r}")
-    symbol, tid, ttime = data.get("s"), data.get("t"), data.get("T")
-    price, qty = data.get("p"), data.get("q")
+    symbol: Any = data.get("s")
+    tid: Any = data.get("t")
+    ttime: Any = data.get("T")
+    price: Any = data.get("p")
+    qty: Any = data.get("q")
     if type(symbol) is not str or symbol not in symbols:
         return Frame(Kind.REJECT, reason=f"unsubscribed symbol {str(symbol)[:40]!r}")
     if not (_is_int(tid) and tid >= 0):
@@ -141,7 +146,10 @@ def decode_frame(raw: bytes, recv_us: int, symbols: frozenset[str]) -> Frame:
         # Rare: keep the frame's values (re-serialized compactly, one line) plus what the
         # typed columns cannot hold.
         body = orjson.dumps(msg)
-        head = b'{"recv_time":%d,"extra":%s,"frame":' % (recv_us, orjson.dumps(orjson.dumps(extra).decode()))
+        head = b'{"recv_time":%d,"extra":%s,"frame":' % (
+            recv_us,
+            orjson.dumps(orjson.dumps(extra).decode()),
+        )
         line = head + body + b"}\n" if extra else b'{"recv_time":%d,"frame":%s}\n' % (recv_us, body)
     else:
         line = b'{"recv_time":%d,"frame":%s}\n' % (recv_us, raw)
@@ -152,7 +160,10 @@ def decode_rest_trade(item: Any, symbol: str, recv_us: int) -> Frame:
     """One item of a ``historicalTrades`` reply, as a store line (or a reject)."""
     if type(item) is not dict:
         return Frame(Kind.REJECT, reason="REST trade is not an object")
-    tid, ttime, price, qty = item.get("id"), item.get("time"), item.get("price"), item.get("qty")
+    tid: Any = item.get("id")
+    ttime: Any = item.get("time")
+    price: Any = item.get("price")
+    qty: Any = item.get("qty")
     if not (_is_int(tid) and tid >= 0 and _is_int(ttime) and _MIN_MS <= ttime < _MAX_MS):
         return Frame(Kind.REJECT, reason="REST trade has no integer 'id' or ms 'time'")
     if not _number_ok(price, positive=True) or not _number_ok(qty, positive=False):

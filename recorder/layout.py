@@ -1,17 +1,17 @@
 """Where things live in the store (pure paths; Hive-style so any engine can read it).
 
-    DATA_DIR/
-      store.json                                   format marker
-      trades/_schema.parquet, _schema.ndjson       zero-row seeds so an empty store reads as empty
-      trades/symbol=BTCUSDT/date=2024-08-08/hour=23/
-          trades.ndjson                            the open hour (append-only, the write-ahead log)
-          trades-<ns>.ndjson                       sealed, waiting for compaction
-          trades.parquet                           the closed hour
-      gaps/gaps.ndjson                             ids that could not be fetched
-      rejects/rejects-2024-08-08.ndjson            quarantined frames, verbatim
-      state/BTCUSDT.json                           ids known missing and being fetched
-      state/recorder.json                          live counters of the running recorder
-      recorder.lock                                held while a recorder or compaction runs
+DATA_DIR/
+  store.json                                   format marker
+  trades/_schema.parquet, _schema.ndjson       zero-row seeds so an empty store reads as empty
+  trades/symbol=BTCUSDT/date=2024-08-08/hour=23/
+      trades.ndjson                            the open hour (append-only, the write-ahead log)
+      trades-<ns>.ndjson                       sealed, waiting for compaction
+      trades.parquet                           the closed hour
+  gaps/gaps.ndjson                             ids that could not be fetched
+  rejects/rejects-2024-08-08.ndjson            quarantined frames, verbatim
+  state/BTCUSDT.json                           ids known missing and being fetched
+  state/recorder.json                          live counters of the running recorder
+  recorder.lock                                held while a recorder or compaction runs
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def hour_of(trade_time_ms: int) -> int:
 @lru_cache(maxsize=4096)
 def _rel(symbol: str, hour: int) -> str:
     t = time.gmtime(hour * 3600)
-    return f"{TRADES}/symbol={symbol}/date={t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}/hour={t.tm_hour:02d}"
+    date = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+    return f"{TRADES}/symbol={symbol}/date={date}/hour={t.tm_hour:02d}"
 
 
 def hour_dir(root: Path, symbol: str, hour: int) -> Path:

@@ -21,6 +21,8 @@ One row per trade, key ``(symbol, trade_id)``; ``symbol`` comes from the Hive pa
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 
 __all__ = ["LINE_SCHEMA", "PARQUET_SCHEMA", "SOURCE_RANK", "lines_to_table"]
@@ -73,7 +75,7 @@ _REST = pl.Struct(
         "isBestMatch": pl.Boolean,
     }
 )
-LINE_SCHEMA = {
+LINE_SCHEMA: dict[str, Any] = {
     "recv_time": pl.Int64,
     "extra": pl.String,
     "symbol": pl.String,

@@ -6,6 +6,7 @@ Outside systemd (no ``NOTIFY_SOCKET``) every call is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Mapping
@@ -35,10 +36,9 @@ class Notifier:
     def send(self, *lines: str) -> None:
         if self._sock is None or self._addr is None:
             return
-        try:
+        # systemd gone or its socket full: never fatal to recording.
+        with contextlib.suppress(OSError):
             self._sock.sendto("\n".join(lines).encode(), self._addr)
-        except OSError:
-            pass  # systemd gone or socket full: never fatal to recording
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")

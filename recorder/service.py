@@ -30,10 +30,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from recorder import exchange, layout
-from recorder.exchange import RateLimited
 from recorder.compact import closed_hours, compact_hour
 from recorder.config import RecorderConfig
 from recorder.errors import ConfigError, RestUnavailable, StoreError
+from recorder.exchange import RateLimited
 from recorder.frames import Frame, Kind, decode_frame, decode_rest_trade, reject_line
 from recorder.sdnotify import Notifier
 from recorder.store import StoreLock, init_store, last_trade, read_missing
@@ -73,7 +73,9 @@ class _Conn:
 
 
 class Recorder:
-    def __init__(self, cfg: RecorderConfig, notifier: Notifier | None = None, seed: int | None = None):
+    def __init__(
+        self, cfg: RecorderConfig, notifier: Notifier | None = None, seed: int | None = None
+    ):
         self.cfg = cfg
         self.root = cfg.data_dir
         self.symbols = frozenset(cfg.symbols)
@@ -199,8 +201,12 @@ class Recorder:
             except (OSError, InvalidHandshake, TimeoutError) as e:
                 attempt += 1
                 self.stats["connect_failures"] += 1
-                delay = backoff_delay(attempt, self.cfg.backoff_initial, self.cfg.backoff_max, self._rng)
-                log.warning("connect failed (%s); retry %d in %.1f s", e or type(e).__name__, attempt, delay)
+                delay = backoff_delay(
+                    attempt, self.cfg.backoff_initial, self.cfg.backoff_max, self._rng
+                )
+                log.warning(
+                    "connect failed (%s); retry %d in %.1f s", e or type(e).__name__, attempt, delay
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         return None
@@ -211,7 +217,9 @@ class Recorder:
         while not self._stop.is_set():
             if conn is None:
                 attempt += 1
-                delay = backoff_delay(attempt, self.cfg.backoff_initial, self.cfg.backoff_max, self._rng)
+                delay = backoff_delay(
+                    attempt, self.cfg.backoff_initial, self.cfg.backoff_max, self._rng
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 conn = await self._open_with_backoff()
@@ -255,10 +263,7 @@ class Recorder:
     def _covered(self, old: _Conn, new: _Conn) -> bool:
         """The new connection covers the old one when, for every symbol the new one has
         carried, the old one has delivered everything up to the new one's first trade."""
-        for s, first in new.first_id.items():
-            if old.last_id.get(s, first - 1) < first - 1:
-                return False
-        return True
+        return all(old.last_id.get(s, f - 1) >= f - 1 for s, f in new.first_id.items())
 
     async def _overlap(self, old: _Conn, new: _Conn) -> None:
         deadline = time.monotonic() + self.cfg.overlap_max
@@ -269,7 +274,10 @@ class Recorder:
                 break
             await asyncio.sleep(0.05)
         log.info(
-            "connection %d replaces %d (covered: %s)", new.number, old.number, self._covered(old, new)
+            "connection %d replaces %d (covered: %s)",
+            new.number,
+            old.number,
+            self._covered(old, new),
         )
 
     async def _keepalive(self, conn: _Conn) -> None:
@@ -281,7 +289,11 @@ class Recorder:
                 await asyncio.wait_for(pong, self.cfg.ping_timeout)
             except TimeoutError:
                 self.stats["dead_connections"] += 1
-                log.warning("connection %d: no pong in %g s; dropping it", conn.number, self.cfg.ping_timeout)
+                log.warning(
+                    "connection %d: no pong in %g s; dropping it",
+                    conn.number,
+                    self.cfg.ping_timeout,
+                )
                 conn.ws.transport.abort()
                 return
             except ConnectionClosed:
@@ -384,9 +396,13 @@ class Recorder:
                     log.error("%s: %s; giving up after %.0f s", symbol, e, now - failing_since)
                     self._catchup.discard(symbol)
                     if gap is not None:
-                        await self._give_up(symbol, gap.first, tracker.missing[-1].last, "REST unavailable")
+                        await self._give_up(
+                            symbol, gap.first, tracker.missing[-1].last, "REST unavailable"
+                        )
                     return
-                delay = backoff_delay(failures, self.cfg.backoff_initial, self.cfg.backoff_max, self._rng)
+                delay = backoff_delay(
+                    failures, self.cfg.backoff_initial, self.cfg.backoff_max, self._rng
+                )
                 log.warning("%s: %s; retrying in %.1f s", symbol, e, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
@@ -440,7 +456,9 @@ class Recorder:
         ]
         self.stats["gaps_recorded"] += len(recs)
         for r in recs:
-            log.error("%s: ids %d..%d recorded as a gap (%s)", symbol, r["first_id"], r["last_id"], reason)
+            log.error(
+                "%s: ids %d..%d recorded as a gap (%s)", symbol, r["first_id"], r["last_id"], reason
+            )
         await self._queue.put(("G", recs))
         await self._queue.put(self._state_item(symbol))
 
@@ -497,18 +515,27 @@ class Recorder:
                 await asyncio.sleep(self.cfg.compact_interval)
             first = False
             now_ms = int(time.time() * 1000)
-            dirs = await loop.run_in_executor(self._compact_exec, closed_hours, self.root, now_ms, grace_ms)
+            dirs = await loop.run_in_executor(
+                self._compact_exec, closed_hours, self.root, now_ms, grace_ms
+            )
             for d in dirs:
                 symbol, hour = layout.parse_hour_dir(d)
                 await loop.run_in_executor(self._write_exec, self.writer.seal, symbol, hour)
                 try:
-                    res = await loop.run_in_executor(self._compact_exec, compact_hour, self.root, d, False)
+                    res = await loop.run_in_executor(
+                        self._compact_exec, compact_hour, self.root, d, False
+                    )
                 except StoreError as e:
                     self.stats["compaction_errors"] += 1
                     log.error("compaction of %s failed: %s", d, e)
                     continue
                 self.stats["hours_compacted"] += 1
-                log.info("compacted %s: %d trades from %d files", d.relative_to(self.root), res.rows, res.ndjson_files)
+                log.info(
+                    "compacted %s: %d trades from %d files",
+                    d.relative_to(self.root),
+                    res.rows,
+                    res.ndjson_files,
+                )
 
     # ---- status -------------------------------------------------------------------
 
@@ -530,7 +557,11 @@ class Recorder:
                 "connections_open": len(self._conns),
                 "stats": dict(self.stats),
                 "symbols": {
-                    s: {"high": t.high, "high_time": t.high_time, "missing": [m.as_list() for m in t.missing]}
+                    s: {
+                        "high": t.high,
+                        "high_time": t.high_time,
+                        "missing": [m.as_list() for m in t.missing],
+                    }
                     for s, t in self.trackers.items()
                 },
             },
@@ -567,4 +598,3 @@ def run(cfg: RecorderConfig) -> dict[str, int]:
         return dict(rec.stats)
 
     return asyncio.run(main())
-

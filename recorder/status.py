@@ -36,7 +36,8 @@ def _count_lines(paths: list[Path]) -> int:
     n = 0
     for p in paths:
         with open(p, "rb") as f:
-            n += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 20), b""))
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
     return n
 
 

@@ -77,7 +77,7 @@ def read_ndjson(path: Path) -> tuple[pl.DataFrame, list[BadLine]]:
             table = lines_to_table(lines)
             if table["trade_id"].null_count() == 0 and table["trade_time"].null_count() == 0:
                 return table, []
-        except Exception:  # noqa: BLE001 - any parse failure: fall back to line by line
+        except Exception:
             pass
     good: list[bytes] = []
     bad: list[BadLine] = []
@@ -108,7 +108,7 @@ def read_hour(hour_dir: Path, include_active: bool = True) -> tuple[pl.DataFrame
     if pq.exists():
         try:
             frames.append(pl.read_parquet(pq).select(list(PARQUET_SCHEMA)))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise StoreError(f"{pq} is not a readable Parquet file ({e}); move it aside") from None
     for path in hour_ndjson(hour_dir, include_active):
         table, b = read_ndjson(path)

@@ -15,11 +15,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakebinance import CAPTURE_2023, CAPTURE_2024, load_frames  # noqa: E402
+from fakebinance import CAPTURE_2023, CAPTURE_2024, load_frames
 
-from recorder import layout  # noqa: E402
-from recorder.config import RecorderConfig  # noqa: E402
-from recorder.store import read_hour  # noqa: E402
+from recorder import layout
+from recorder.config import RecorderConfig
+from recorder.store import read_hour
 
 UNIT = float(os.environ.get("TAPEWATCH_TEST_TIME_SCALE", "1"))
 ROOT = Path(__file__).parent.parent
@@ -111,7 +111,18 @@ def assert_rows_match_frames(rows: pl.DataFrame, frames: list[bytes]) -> None:
         "event_type",
     ).rows()
     want = [
-        (d["t"], float(d["p"]), float(d["q"]), d["T"], d["E"], d["m"], d["M"], d.get("b"), d.get("a"), d["e"])
+        (
+            d["t"],
+            float(d["p"]),
+            float(d["q"]),
+            d["T"],
+            d["E"],
+            d["m"],
+            d["M"],
+            d.get("b"),
+            d.get("a"),
+            d["e"],
+        )
         for d in src
     ]
     assert got == want

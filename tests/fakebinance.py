@@ -208,7 +208,7 @@ class FakeBinance:
                     await ws.send(frame)
                     continue
                 await ws.send(text)
-        except Exception:  # noqa: BLE001 - a dropped client simply ends
+        except Exception:
             pass
         finally:
             self.clients.remove(client)

@@ -18,7 +18,9 @@ from recorder.status import store_status
 from recorder.store import read_gaps
 
 
-async def record(cfg, fake: FakeBinance, *, until_done: bool = True, settle: float = 1.0, before=None):
+async def record(
+    cfg, fake: FakeBinance, *, until_done: bool = True, settle: float = 1.0, before=None
+):
     """Run a recorder while the market replays; returns it after a clean stop."""
     rec = Recorder(cfg, seed=1)
     task = asyncio.create_task(rec.run())
@@ -31,7 +33,11 @@ async def record(cfg, fake: FakeBinance, *, until_done: bool = True, settle: flo
     if until_done:
         await wait_for(lambda: fake.executed == len(fake.frames), 60, "the market to finish")
         last = orjson.loads(fake.frames[-1])["data"]["t"]
-        await wait_for(lambda: rec.trackers["BTCUSDT"].high == last and not rec.trackers["BTCUSDT"].missing, 20, "the recorder to catch up")
+        await wait_for(
+            lambda: rec.trackers["BTCUSDT"].high == last and not rec.trackers["BTCUSDT"].missing,
+            20,
+            "the recorder to catch up",
+        )
         await asyncio.sleep(settle * UNIT)
     rec.stop()
     await task
@@ -59,7 +65,9 @@ def test_clean_replay_stores_exactly_the_source_trades(tmp_path, frames_2024):
     assert (rec.stats["trades"], rec.stats["duplicates"], rec.stats["rejects"]) == (4000, 0, 0)
     # Open hour: the NDJSON holds each frame byte for byte, with its receive time.
     lines = b"".join(p.read_bytes() for p in sorted(tmp_path.glob("trades/**/trades.ndjson")))
-    assert [orjson.loads(x)["frame"] for x in lines.splitlines()] == [orjson.loads(f) for f in frames]
+    assert [orjson.loads(x)["frame"] for x in lines.splitlines()] == [
+        orjson.loads(f) for f in frames
+    ]
     assert lines.count(frames[0]) == 1
     exactly_once(tmp_path, frames)
 
@@ -104,9 +112,11 @@ def test_malformed_frames_are_quarantined_and_neighbours_kept(tmp_path, frames_2
     frames = frames_2024[:2000]
     corpus = [raw for raw, _ in MALFORMED if raw] + [b'{"code":2,"msg":"Invalid request","id":1}']
     with FakeBinance(frames, rate=4000) as fake:
+
         def garbage(f):
             for raw in corpus:
                 f.inject(raw)
+
         fake.at(1000, garbage)
         fake.at(1001, lambda f: f.inject(b'{"result":null,"id":1}'))
         rec = asyncio.run(record(fast_config(tmp_path, fake), fake))
@@ -123,6 +133,7 @@ def test_malformed_frames_are_quarantined_and_neighbours_kept(tmp_path, frames_2
 def test_dead_connection_is_detected_but_a_quiet_one_is_kept(tmp_path, frames_2024):
     frames = frames_2024[:3000]
     with FakeBinance(frames, rate=3000) as fake:
+
         async def scenario(rec):
             # Quiet market, live socket: pings answered, nothing to trade: no reconnect.
             await asyncio.sleep(3 * UNIT)
@@ -139,9 +150,11 @@ def test_rest_429_retry_after_is_respected(tmp_path, frames_2024):
     frames = frames_2024[:3000]
     with FakeBinance(frames, rate=3000) as fake:
         fake.retry_after = 1
+
         def drop_and_limit(f):
             f.rest_mode = "429"
             f.drop_all()
+
         fake.at(1000, drop_and_limit)
         rec = asyncio.run(record(fast_config(tmp_path, fake), fake))
         assert fake.rest_mode == "ok"
@@ -169,7 +182,10 @@ def test_unfetchable_ids_become_a_visible_gap(tmp_path, frames_2024):
     assert stored.isdisjoint(missing) and stored | missing == set(ids)
     assert gap["first_id"] <= ids[1000] <= gap["last_id"] and gap["reason"] == "REST unavailable"
     times = {orjson.loads(f)["data"]["t"]: orjson.loads(f)["data"]["T"] for f in frames}
-    assert (gap["after_time"], gap["before_time"]) == (times[gap["first_id"] - 1], times[gap["last_id"] + 1])
+    assert (gap["after_time"], gap["before_time"]) == (
+        times[gap["first_id"] - 1],
+        times[gap["last_id"] + 1],
+    )
     (row,) = store_status(tmp_path)["symbols"]
     assert (row["gaps"], row["gap_trades"]) == (1, len(missing))
     assert view_query(tmp_path, "SELECT first_id, last_id, trades FROM gaps") == [
@@ -179,15 +195,12 @@ def test_unfetchable_ids_become_a_visible_gap(tmp_path, frames_2024):
 
 def test_restart_reads_the_last_id_back_and_catches_up_a_quiet_symbol(tmp_path, frames_2024):
     frames = frames_2024[:3000]
-    with FakeBinance(frames, rate=3000) as fake:
-        rec = asyncio.run(record(fast_config(tmp_path, fake), fake, until_done=False))
-    # First run stopped at once: store ~empty. Second run: the market traded 3000 while we
-    # were away and is now quiet; the start-up REST catch-up must fetch them all.
+    # The store holds the first trade; the market traded 2999 more while we were away and
+    # is now quiet: only the start-up REST catch-up can bring them in.
     with FakeBinance(frames, rate=100000) as fake:
         fake.start_market()
         fake.wait_done(10)
         first = orjson.loads(frames[0])["data"]
-        # Seed the store with the first trade so the recorder knows where it stands.
         from recorder.frames import decode_frame
         from recorder.writer import StoreWriter
 
@@ -199,7 +212,14 @@ def test_restart_reads_the_last_id_back_and_catches_up_a_quiet_symbol(tmp_path, 
         async def run_quiet():
             rec = Recorder(fast_config(tmp_path, fake), seed=1)
             task = asyncio.create_task(rec.run())
-            await wait_for(lambda: rec.trackers.get("BTCUSDT") and rec.trackers["BTCUSDT"].high == orjson.loads(frames[-1])["data"]["t"], 20, "catch-up")
+            await wait_for(
+                lambda: (
+                    rec.trackers.get("BTCUSDT")
+                    and rec.trackers["BTCUSDT"].high == orjson.loads(frames[-1])["data"]["t"]
+                ),
+                20,
+                "catch-up",
+            )
             rec.stop()
             await task
             return rec
@@ -214,11 +234,16 @@ def test_restart_reads_the_last_id_back_and_catches_up_a_quiet_symbol(tmp_path, 
 def test_unreachable_stream_at_start_is_a_config_error(tmp_path, frames_2024):
     with FakeBinance(frames_2024[:10]) as fake:
         fake.refuse = True
-        with pytest.raises(ConfigError, match=r"cannot open the stream at ws://127\.0\.0\.1:\d+ .*check --ws-url"):
+        with pytest.raises(
+            ConfigError, match=r"cannot open the stream at ws://127\.0\.0\.1:\d+ .*check --ws-url"
+        ):
             asyncio.run(Recorder(fast_config(tmp_path, fake)).run())
         fake.refuse = False
         cfg = fast_config(tmp_path, fake, rest_url="http://127.0.0.1:9")
-        with pytest.raises(ConfigError, match=r"REST http://127\.0\.0\.1:9/api/v3/ping unreachable.*check --rest-url"):
+        with pytest.raises(
+            ConfigError,
+            match=r"REST http://127\.0\.0\.1:9/api/v3/ping unreachable.*check --rest-url",
+        ):
             asyncio.run(Recorder(cfg).run())
 
 

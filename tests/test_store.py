@@ -45,7 +45,9 @@ def test_capture_crosses_hour_and_midnight_then_compacts(tmp_path, frames_2024):
         "trades/symbol=BTCUSDT/date=2024-08-09/hour=00",
     ]
     # Open hours: the views already see every trade.
-    assert view_query(tmp_path, "SELECT count(*), count(DISTINCT trade_id) FROM trades") == [(19904, 19904)]
+    assert view_query(tmp_path, "SELECT count(*), count(DISTINCT trade_id) FROM trades") == [
+        (19904, 19904)
+    ]
     results = compact_all(tmp_path)
     assert [r.rows for r in results] == [9738, 10166]
     assert not list(tmp_path.glob("trades/**/trades*.ndjson"))
@@ -56,7 +58,17 @@ def test_capture_crosses_hour_and_midnight_then_compacts(tmp_path, frames_2024):
         tmp_path,
         "SELECT count(*), min(trade_id), max(trade_id), sum(qty)::DECIMAL(18,8), "
         "count(*) FILTER (WHERE trade_time >= TIMESTAMPTZ '2024-08-09 00:00:00+00') FROM trades",
-    ) == [(19904, 3735683259, 3735703162, pl.Series([orjson.loads(f)["data"]["q"] for f in frames_2024]).cast(pl.Decimal(18, 8)).sum(), 10166)]
+    ) == [
+        (
+            19904,
+            3735683259,
+            3735703162,
+            pl.Series([orjson.loads(f)["data"]["q"] for f in frames_2024])
+            .cast(pl.Decimal(18, 8))
+            .sum(),
+            10166,
+        )
+    ]
     assert last_trade(tmp_path, "BTCUSDT") == (3735703162, 1723161905800)
 
 
@@ -66,7 +78,9 @@ def test_2023_capture_keeps_buyer_and_seller_order_ids(tmp_path, frames_2023):
     rows = stored_rows(tmp_path)
     assert_rows_match_frames(rows, frames_2023)
     assert rows["buyer_order_id"][0] == 20720542158 and rows["seller_order_id"][0] == 20720542592
-    assert view_query(tmp_path, "SELECT count(*) FROM trades WHERE buyer_order_id IS NULL") == [(0,)]
+    assert view_query(tmp_path, "SELECT count(*) FROM trades WHERE buyer_order_id IS NULL") == [
+        (0,)
+    ]
 
 
 def test_compaction_is_idempotent_and_repairs_a_crash(tmp_path, frames_2024):
@@ -82,7 +96,9 @@ def test_compaction_is_idempotent_and_repairs_a_crash(tmp_path, frames_2024):
     assert view_query(tmp_path, "SELECT count(*) FROM trades") == [(500,)]
     (r,) = compact_all(tmp_path)
     assert (r.rows, r.ndjson_files, r.rejected_lines) == (500, 1, 1)
-    assert pl.read_parquet(d / layout.PARQUET).equals(pl.read_parquet(__import__("io").BytesIO(first)))
+    assert pl.read_parquet(d / layout.PARQUET).equals(
+        pl.read_parquet(__import__("io").BytesIO(first))
+    )
     assert compact_all(tmp_path) == []
     rejects = list((tmp_path / "rejects").glob("*.ndjson"))
     rec = orjson.loads(rejects[0].read_bytes().splitlines()[0])
@@ -133,12 +149,19 @@ _trade = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(_trade, min_size=1, max_size=40, unique_by=lambda d: d["t"]))
 def test_any_frames_written_then_read_back_lose_nothing(tmp_path_factory, trades):
     root = tmp_path_factory.mktemp("prop")
     frames = [
-        orjson.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": d["T"] + 1, "s": "BTCUSDT", **d}})
+        orjson.dumps(
+            {
+                "stream": "btcusdt@trade",
+                "data": {"e": "trade", "E": d["T"] + 1, "s": "BTCUSDT", **d},
+            }
+        )
         for d in trades
     ]
     write_frames(root, frames)
@@ -147,7 +170,9 @@ def test_any_frames_written_then_read_back_lose_nothing(tmp_path_factory, trades
     by_id = sorted(frames, key=lambda f: orjson.loads(f)["data"]["t"])
     assert_rows_match_frames(rows, by_id)
     # Exact decimal values: from the float column, or from extra when a float cannot hold them.
-    for row, d in zip(rows.iter_rows(named=True), sorted(trades, key=lambda d: d["t"]), strict=True):
+    for row, d in zip(
+        rows.iter_rows(named=True), sorted(trades, key=lambda d: d["t"]), strict=True
+    ):
         extra = orjson.loads(row["extra"]) if row["extra"] else {}
         assert Decimal(extra.pop("p", repr(row["price"]))) == Decimal(d["p"])
         assert Decimal(extra.pop("q", repr(row["qty"]))) == Decimal(d["q"])

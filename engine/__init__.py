@@ -1,0 +1,1 @@
+"""tapewatch engine (rerunnable windows, walk-forward model, horizon statistics): not yet built."""
