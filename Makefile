@@ -28,3 +28,7 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python bench/recorder_flood.py --trades 500000

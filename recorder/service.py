@@ -480,7 +480,9 @@ class Recorder:
                 return
 
     def _write_batch(self, batch: list[tuple]) -> None:
+        """Runs in the writer thread; ``stats["written"]`` is touched by this thread only."""
         trades: list[tuple[str, int, bytes]] = []
+        self.stats["written"] += sum(1 for item in batch if item[0] == "T")
         w = self.writer
         for item in batch:
             kind = item[0]
