@@ -1,0 +1,139 @@
+"""Reading a symbol's trades back from the store, one chunk (about a day) at a time.
+
+Only the columns the windows need are read. Hours that are Parquet only are already unique
+by trade id (compaction made them so) and are scanned directly; hours that still hold NDJSON
+(the open hour, or what a crash left) are read with their Parquet and deduplicated. Memory is
+bounded by one chunk, not by the length of history. The store is never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from engine.errors import DataError
+from recorder import layout
+from recorder.store import read_gaps, read_ndjson
+
+__all__ = ["COLUMNS", "DAY_MS", "StoreIndex", "open_store"]
+
+COLUMNS = ["trade_id", "trade_time", "price", "qty", "is_buyer_maker"]
+DAY_MS = 86_400_000
+_EMPTY = pl.DataFrame(
+    schema={
+        "trade_id": pl.Int64,
+        "trade_time": pl.Datetime("us", "UTC"),
+        "price": pl.Float64,
+        "qty": pl.Float64,
+        "is_buyer_maker": pl.Boolean,
+    }
+)
+
+
+@dataclass
+class StoreIndex:
+    """The hour directories of one symbol, by hour index (hours since the epoch)."""
+
+    root: Path
+    symbol: str
+    hours: dict[int, Path]
+
+    @property
+    def first_hour(self) -> int:
+        return min(self.hours)
+
+    @property
+    def last_hour(self) -> int:
+        return max(self.hours)
+
+    def recorded_gaps(self) -> list[tuple[int, int]]:
+        """(after_time, before_time) in UTC ms of ids the recorder could not fetch."""
+        return [(g["after_time"], g["before_time"]) for g in read_gaps(self.root, self.symbol)]
+
+    def load(self, start_ms: int, end_ms: int) -> pl.DataFrame:
+        """Trades with ``start_ms <= trade time < end_ms``, unique by id, sorted by time then id."""
+        parquet: list[Path] = []
+        mixed: list[pl.DataFrame] = []
+        for hour in range(start_ms // layout.HOUR_MS, (end_ms - 1) // layout.HOUR_MS + 1):
+            d = self.hours.get(hour)
+            if d is None:
+                continue
+            pq = d / layout.PARQUET
+            nd = sorted(d.glob("*.ndjson"))
+            if not nd:
+                if pq.exists():
+                    parquet.append(pq)
+                continue
+            frames = [_read_parquet([pq])] if pq.exists() else []
+            frames += [_read_ndjson(p) for p in nd]
+            mixed.append(pl.concat(frames).unique("trade_id", keep="first"))
+        parts = ([_read_parquet(parquet)] if parquet else []) + mixed
+        if not parts:
+            return _EMPTY
+        lo = pl.lit(start_ms * 1000).cast(pl.Datetime("us", "UTC"))
+        hi = pl.lit(end_ms * 1000).cast(pl.Datetime("us", "UTC"))
+        return (
+            pl.concat(parts)
+            .filter((pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi))
+            .sort("trade_time", "trade_id")
+        )
+
+
+def _read_parquet(files: list[Path]) -> pl.DataFrame:
+    try:
+        return pl.scan_parquet(files).select(COLUMNS).collect()
+    except Exception:  # noqa: BLE001 - find and name the file that is broken
+        for f in files:
+            try:
+                pl.read_parquet(f, columns=COLUMNS)
+            except Exception as e:  # noqa: BLE001
+                raise DataError(
+                    f"{f} is not a readable Parquet file ({str(e).splitlines()[0][:120]}); "
+                    "move it aside, or restore it from an archive import"
+                ) from None
+        raise
+
+
+def _read_ndjson(path: Path) -> pl.DataFrame:
+    table, bad = read_ndjson(path)
+    if bad and path.name == layout.ACTIVE_NDJSON:
+        # A last line without its newline in the open file is being written right now.
+        data = path.read_bytes()
+        if not data.endswith(b"\n") and bad[-1].lineno == data.count(b"\n") + 1:
+            bad = bad[:-1]
+    if bad:
+        raise DataError(
+            f"{path}: line {bad[0].lineno} is not a complete trade; "
+            "run `recorder compact` to quarantine it (while no recorder runs)"
+        )
+    return table.select(COLUMNS)
+
+
+def open_store(root: Path, symbol: str) -> StoreIndex:
+    """The index of ``symbol`` (any case) in the store at ``root``; DataError if absent."""
+    trades = root / layout.TRADES
+    if not trades.is_dir():
+        raise DataError(f"no store at {root}; pass --data-dir where `recorder run` writes")
+    sym = symbol.upper()
+    if not sym.isalnum():
+        raise DataError(f"symbol {symbol!r} is not alphanumeric")
+    hours = {}
+    for d in layout.hour_dirs(root, sym):
+        hours[layout.parse_hour_dir(d)[1]] = d
+    if not hours:
+        have = sorted(p.name.split("=", 1)[1] for p in trades.glob("symbol=*"))
+        listed = ", ".join(have) if have else "no symbols yet"
+        raise DataError(f"unknown symbol {sym}: the store at {root} has {listed}")
+    return StoreIndex(root, sym, hours)
+
+
+def chunk_bounds(first_ms: int, end_ms: int) -> Iterator[tuple[int, int]]:
+    """Consecutive [lo, hi) spans of at most a UTC day covering [first_ms, end_ms)."""
+    lo = first_ms
+    while lo < end_ms:
+        hi = min(end_ms, (lo // DAY_MS + 1) * DAY_MS)
+        yield lo, hi
+        lo = hi

@@ -1,0 +1,177 @@
+"""Time windows of trade features on a complete, epoch-aligned UTC grid.
+
+Window ``[start, start + every)`` is labelled by ``start`` (UTC), by trade time, with trades in
+trade-id order. Windows with no trades are present (``trade_count = 0``). Features:
+
+    trade_count, volume (sum qty), quote_volume (sum price*qty), avg_trade_size (volume/count),
+    open/high/low/close (first/max/min/last price), return (close/open - 1),
+    volatility (sample sd of prices, ddof 1; 0 below 2 trades), vwap (quote_volume/volume),
+    buy_volume (qty of taker buys: is_buyer_maker false), gap (touched by missing trade ids)
+
+Undefined values of an empty window (prices, return, avg size, vwap) are null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import polars as pl
+
+from engine.errors import DataError
+from engine.scan import StoreIndex, chunk_bounds
+
+__all__ = ["WINDOW_COLUMNS", "build_windows", "window_features"]
+
+WINDOW_COLUMNS = [
+    "window_start",
+    "trade_count",
+    "volume",
+    "quote_volume",
+    "avg_trade_size",
+    "open",
+    "high",
+    "low",
+    "close",
+    "return",
+    "volatility",
+    "vwap",
+    "buy_volume",
+    "gap",
+]
+_UTC = pl.Datetime("us", "UTC")
+
+
+def _ts(ms: int) -> pl.Expr:
+    return pl.lit(ms * 1000).cast(_UTC)
+
+
+def window_features(trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+    """Windows of ``every_ms`` starting at every multiple of it in ``[lo_ms, hi_ms)``
+    (both multiples of ``every_ms``), from trades sorted by time then id."""
+    t = trades.filter((pl.col("trade_time") >= _ts(lo_ms)) & (pl.col("trade_time") < _ts(hi_ms)))
+    agg = (
+        t.set_sorted("trade_time")
+        .group_by_dynamic("trade_time", every=f"{every_ms}ms", closed="left", label="left")
+        .agg(
+            trade_count=pl.len().cast(pl.Int64),
+            volume=pl.col("qty").sum(),
+            quote_volume=(pl.col("price") * pl.col("qty")).sum(),
+            open=pl.col("price").first(),
+            high=pl.col("price").max(),
+            low=pl.col("price").min(),
+            close=pl.col("price").last(),
+            volatility=pl.col("price").std(ddof=1),
+            buy_volume=pl.col("qty").filter(~pl.col("is_buyer_maker")).sum(),
+        )
+        .rename({"trade_time": "window_start"})
+    )
+    grid = pl.DataFrame(
+        {
+            "window_start": pl.datetime_range(
+                _ts(lo_ms), _ts(hi_ms), f"{every_ms}ms", closed="left", eager=True
+            ).cast(_UTC)
+        }
+    )
+    return (
+        grid.join(agg, on="window_start", how="left")
+        .with_columns(
+            pl.col("trade_count", "volume", "quote_volume", "buy_volume").fill_null(0),
+            pl.col("volatility").fill_null(0.0),
+        )
+        .with_columns(
+            avg_trade_size=pl.when(pl.col("trade_count") > 0).then(
+                pl.col("volume") / pl.col("trade_count")
+            ),
+            **{"return": pl.col("close") / pl.col("open") - 1},
+            vwap=pl.when(pl.col("volume") > 0).then(pl.col("quote_volume") / pl.col("volume")),
+            gap=pl.lit(False),
+        )
+        .select(WINDOW_COLUMNS)
+    )
+
+
+def mark_gaps(windows: pl.DataFrame, every_ms: int, gaps: Sequence[tuple[int, int]]) -> pl.DataFrame:
+    """Set ``gap`` on every window that overlaps a span ``[after_ms, before_ms]`` in which
+    trades are missing (vectorized: a difference array over the window starts)."""
+    if not gaps or windows.is_empty():
+        return windows
+    starts = windows["window_start"].dt.epoch("ms").to_numpy()
+    g = np.asarray(gaps, dtype=np.int64)
+    lo = np.searchsorted(starts, g[:, 0] - every_ms, side="right")
+    hi = np.searchsorted(starts, g[:, 1], side="right")
+    mark = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.add.at(mark, lo, 1)
+    np.add.at(mark, hi, -1)
+    touched = np.cumsum(mark[:-1]) > 0
+    return windows.with_columns(gap=pl.Series(touched) | pl.col("gap"))
+
+
+def _id_gaps(trades: pl.DataFrame, prev: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """Spans (UTC ms) between consecutive stored trades whose ids are not consecutive."""
+    if trades.is_empty():
+        return []
+    ids = trades.select(pl.col("trade_id"), pl.col("trade_time").dt.epoch("ms").alias("ms"))
+    if prev is not None:
+        ids = pl.concat([pl.DataFrame({"trade_id": [prev[0]], "ms": [prev[1]]}, schema=ids.schema), ids])
+    jumps = ids.with_columns(
+        prev_id=pl.col("trade_id").shift(), prev_ms=pl.col("ms").shift()
+    ).filter(pl.col("trade_id") - pl.col("prev_id") > 1)
+    return list(zip(jumps["prev_ms"].to_list(), jumps["ms"].to_list(), strict=True))
+
+
+def build_windows(
+    index: StoreIndex,
+    everies: Sequence[int],
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[int, pl.DataFrame]:
+    """Windows for each size in ``everies`` (ms) from one scan of the store.
+
+    Without ``start_ms``/``end_ms`` the grid runs from the first to the last stored trade.
+    Trades are read a day at a time; a window that straddles a chunk boundary is finished
+    with the next chunk, so any size works, including ones that do not divide a day."""
+    from engine.scan import DAY_MS  # noqa: F401 - documented chunk size
+
+    first = index.first_hour * 3_600_000 if start_ms is None else start_ms
+    end = (index.last_hour + 1) * 3_600_000 if end_ms is None else end_ms
+    if end <= first:
+        raise DataError("the time range is empty; --end must be after --start")
+    lo = {e: first // e * e for e in everies}
+    done: dict[int, list[pl.DataFrame]] = {e: [] for e in everies}
+    carry = index.load(0, 0)
+    prev: tuple[int, int] | None = None
+    gaps: list[tuple[int, int]] = list(index.recorded_gaps())
+    seen_first: int | None = None
+    seen_last: int | None = None
+    bounds = list(chunk_bounds(min(lo.values()), end))
+    for n, (c_lo, c_hi) in enumerate(bounds):
+        fresh = index.load(c_lo, c_hi)
+        gaps += _id_gaps(fresh, prev)
+        if not fresh.is_empty():
+            last_row = fresh.select(pl.col("trade_id").last(), pl.col("trade_time").last().dt.epoch("ms")).row(0)
+            prev = (int(last_row[0]), int(last_row[1]))
+            seen_first = seen_first if seen_first is not None else int(fresh["trade_time"][0].timestamp() * 1000)
+            seen_last = prev[1]
+        trades = pl.concat([carry, fresh]) if not carry.is_empty() else fresh
+        final = n == len(bounds) - 1
+        for e in everies:
+            hi = -(-end // e) * e if final else c_hi // e * e
+            if hi > lo[e]:
+                done[e].append(window_features(trades, e, lo[e], hi))
+                lo[e] = hi
+        keep_from = min(lo.values())
+        carry = trades.filter(pl.col("trade_time") >= _ts(keep_from))
+        if progress:
+            progress(n + 1, len(bounds))
+    out = {}
+    for e in everies:
+        w = pl.concat(done[e]) if done[e] else window_features(carry.clear(), e, 0, 0)
+        if start_ms is None and end_ms is None and seen_first is not None and seen_last is not None:
+            w = w.filter(
+                (pl.col("window_start") >= _ts(seen_first // e * e))
+                & (pl.col("window_start") <= _ts(seen_last // e * e))
+            )
+        out[e] = mark_gaps(w, e, gaps)
+    return out
