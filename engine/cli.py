@@ -1,0 +1,291 @@
+"""``engine``: rebuild windows, scores and horizon comparisons from the stored trades.
+
+Heavy libraries (Polars, scikit-learn, SciPy) are imported inside the commands so that
+``engine --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engine.durations import parse_duration, parse_durations, parse_time
+from engine.errors import EngineError, InputError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+HORIZONS = "1m,5m,15m,30m"
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from recorder.errors import RecorderError
+
+        try:
+            return fn(*args, **kwargs)
+        except (EngineError, RecorderError) as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _progress():
+    """A progress callback drawing a bar on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        return lambda stage, done, total: None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True, console=__import__("rich.console").console.Console(stderr=True))
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+        if all(t.finished for t in bar.tasks):
+            bar.stop()
+
+    return update
+
+
+def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(
+        [
+            click.option("--data-dir", envvar="TAPEWATCH_DATA_DIR", default="./data", type=click.Path(path_type=Path), help="The store (env TAPEWATCH_DATA_DIR)."),
+            click.option("--symbol", default="BTCUSDT", help="Symbol, any case."),
+            click.option("--every", default="20s", help="Window size: 250ms, 20s, 5m, 1h."),
+            click.option("--start", default=None, help="First window (ISO 8601, UTC); default: the first trade."),
+            click.option("--end", default=None, help="End, exclusive (ISO 8601, UTC); default: the last trade."),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from engine.model import DEFAULT_FEATURES
+
+    for opt in reversed(
+        [
+            click.option("--buffer", default=500, help="Windows per training set (first model after this many)."),
+            click.option("--retrain-every", default=100, help="Windows between refits."),
+            click.option("--contamination", default=0.05, help="Isolation Forest contamination."),
+            click.option("--trees", default=100, help="Trees per forest."),
+            click.option("--seed", default=42, help="Random seed (every refit uses it)."),
+            click.option("--features", default=",".join(DEFAULT_FEATURES), help="Comma-separated window features."),
+            click.option("--jobs", default=2, help="Parallel refits (processes)."),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to FILE (.parquet, .csv, .json, .ndjson).")(fn)
+    return click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "ndjson"]), default="table")(fn)
+
+
+def horizon_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--horizons", default=HORIZONS, help="Comma-separated horizons, multiples of --every.")(fn)
+    fn = click.option("--baseline", type=click.Choice(["trailing", "full"]), default="trailing", help="Volatility baseline; full is look-ahead (prototype).")(fn)
+    return click.option("--reps", default=1000, help="Bootstrap replicates.")(fn)
+
+
+def settings(kw: dict[str, Any]):
+    from engine.model import ModelParams
+    from engine.pipeline import DEFAULT_HORIZONS, Settings
+
+    model = ModelParams(
+        buffer=kw.get("buffer", 500),
+        retrain_every=kw.get("retrain_every", 100),
+        contamination=kw.get("contamination", 0.05),
+        trees=kw.get("trees", 100),
+        seed=kw.get("seed", 42),
+        features=tuple(f.strip() for f in kw.get("features", "trade_count,volume,avg_trade_size,return,volatility").split(",") if f.strip()),
+    )
+    symbol = kw["symbol"].strip()
+    if not symbol.isalnum():
+        raise InputError(f"symbol {symbol!r} is not alphanumeric")
+    return Settings(
+        data_dir=kw["data_dir"],
+        symbol=symbol.upper(),
+        every_ms=parse_duration(kw["every"]) if isinstance(kw.get("every"), str) and "," not in kw["every"] else 20_000,
+        start_ms=parse_time(kw["start"]) if kw.get("start") else None,
+        end_ms=parse_time(kw["end"]) if kw.get("end") else None,
+        model=model,
+        horizons=tuple(parse_durations(kw["horizons"])) if kw.get("horizons") else DEFAULT_HORIZONS,
+        baseline=kw.get("baseline", "trailing"),
+        jobs=kw.get("jobs", 2),
+        reps=kw.get("reps", 1000),
+    )
+
+
+def print_report(report: dict[str, Any], fmt: str, output: Path | None) -> None:
+    import polars as pl
+
+    from engine.output import emit_table
+
+    rows = pl.DataFrame(report["rows"], infer_schema_length=None)
+    envelope = {k: v for k, v in report.items() if k != "rows"}
+    if fmt == "table" and output is None:
+        rate = report["flag_rate"]
+        rate_text = f"{rate:.2%}" if isinstance(rate, float) else ", ".join(f"{k}: {v:.2%}" for k, v in rate.items())
+        click.echo(f"flag rate {rate_text}; {report['comparisons']} comparisons (p_bh: Benjamini-Hochberg over the table)")
+        if report["parameters"].get("baseline_lookahead"):
+            click.echo("baseline: full sample (look-ahead, reproduces the prototype)")
+    emit_table(rows, fmt, output, envelope)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="tapewatch", prog_name="engine")
+def main() -> None:
+    """Rebuild windows, walk-forward scores and horizon comparisons from the stored trades.
+
+    \b
+    Example:
+      engine run --data-dir data --symbol btcusdt --every 20s
+      engine horizons --data-dir data --every 30s --horizons 1m,5m
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@store_options
+@output_options
+@_errors
+def windows(fmt: str, output: Path | None, **kw: Any) -> None:
+    """The window table: one row per window on the complete grid.
+
+    \b
+    Example:
+      engine windows --data-dir data --symbol btcusdt --every 20s --output w.parquet
+    """
+    from engine.output import emit_table
+    from engine.pipeline import load_windows
+
+    emit_table(load_windows(settings(kw), _progress()), fmt, output)
+
+
+@main.command(context_settings=CONTEXT)
+@store_options
+@model_options
+@output_options
+@_errors
+def score(fmt: str, output: Path | None, **kw: Any) -> None:
+    """Windows plus the walk-forward model's score, prediction and refit.
+
+    \b
+    Example:
+      engine score --data-dir data --every 20s --buffer 500 --retrain-every 100
+    """
+    from engine.output import emit_table
+    from engine.pipeline import flag_rate, load_windows, score_windows
+
+    s = settings(kw)
+    progress = _progress()
+    scored = score_windows(s, load_windows(s, progress), progress)
+    n = int(scored["prediction"].is_not_null().sum())
+    click.echo(f"flag rate {flag_rate(scored):.2%} of {n} scored windows", err=True)
+    emit_table(scored, fmt, output)
+
+
+@main.command(context_settings=CONTEXT)
+@store_options
+@model_options
+@horizon_options
+@click.option("--windows-csv", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Read the prototype's window file instead of the store.")
+@output_options
+@_errors
+def horizons(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any) -> None:
+    """Do flagged windows precede larger moves? The comparison table.
+
+    \b
+    Example:
+      engine horizons --data-dir data --every 20s --horizons 1m,5m,15m,30m
+      engine horizons --windows-csv prototype.csv --every 20s --baseline full
+    """
+    from engine.pipeline import horizon_report, load_windows, prototype_report, score_windows
+
+    s = settings(kw)
+    if windows_csv is not None:
+        report = prototype_report(windows_csv, s.every_ms, s.horizons, s.baseline, s.reps)
+    else:
+        progress = _progress()
+        report = horizon_report(s, score_windows(s, load_windows(s, progress), progress))
+    print_report(report, fmt, output)
+
+
+@main.command(context_settings=CONTEXT)
+@store_options
+@model_options
+@horizon_options
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None, help="Results folder; default DATA_DIR/results/SYMBOL-EVERY.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@output_options
+@_errors
+def run(fmt: str, output: Path | None, results: Path | None, no_plots: bool, **kw: Any) -> None:
+    """Windows, scores and horizons in one go, written to a results folder.
+
+    \b
+    Example:
+      engine run --data-dir data --symbol btcusdt --every 20s --horizons 1m,5m,15m,30m
+    """
+    from engine.pipeline import run as run_all
+
+    report, out = run_all(settings(kw), results, _progress(), plots=not no_plots)
+    print_report(report, fmt, output)
+    click.echo(f"results in {out}", err=True)
+
+
+@main.command(context_settings=CONTEXT)
+@store_options
+@model_options
+@horizon_options
+@output_options
+@_errors
+def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
+    """A grid of window sizes (one scan of the store), one combined table.
+
+    \b
+    Example:
+      engine sweep --data-dir data --every 10s,20s,30s,60s --horizons 1m,5m
+    """
+    from engine.pipeline import sweep as run_sweep
+
+    everies = [ms for _, ms in parse_durations(kw["every"])]
+    print_report(run_sweep(settings({**kw, "every": "20s"}), everies, _progress()), fmt, output)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("query", required=False)
+@click.option("--data-dir", envvar="TAPEWATCH_DATA_DIR", default="./data", type=click.Path(path_type=Path), help="The store (env TAPEWATCH_DATA_DIR).")
+@output_options
+@_errors
+def sql(query: str | None, data_dir: Path, fmt: str, output: Path | None) -> None:
+    """Run DuckDB SQL over the views trades, gaps, windows and scores.
+
+    With no QUERY, open the DuckDB shell with the views loaded (needs the DuckDB CLI).
+
+    \b
+    Example:
+      engine sql "SELECT symbol, count(*) FROM trades GROUP BY 1" --data-dir data
+    """
+    from engine.sqlviews import interactive, query_frame
+
+    if query is None:
+        interactive(data_dir)
+        return
+    from engine.output import emit_table
+
+    emit_table(query_frame(data_dir, query), fmt, output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The engine's jobs as library calls: windows, scores, horizon tables, runs and sweeps.
+
+Every result is a pure function of (store, settings): rerunning with another window size,
+model setting or horizon needs no new data, and nothing here writes to the store's trades.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+
+from engine.durations import format_ms
+from engine.horizons import BOOTSTRAP_REPS, compare, forward_moves, group_windows, horizons_for
+from engine.model import ModelParams, walk_forward
+from engine.scan import open_store
+from engine.windows import build_windows
+
+__all__ = [
+    "DEFAULT_HORIZONS",
+    "Settings",
+    "flag_rate",
+    "horizon_report",
+    "load_windows",
+    "prototype_report",
+    "run",
+    "score_windows",
+    "sweep",
+]
+
+DEFAULT_HORIZONS = (("1m", 60_000), ("5m", 300_000), ("15m", 900_000), ("30m", 1_800_000))
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    symbol: str
+    every_ms: int = 20_000
+    start_ms: int | None = None
+    end_ms: int | None = None
+    model: ModelParams = field(default_factory=ModelParams)
+    horizons: tuple[tuple[str, int], ...] = DEFAULT_HORIZONS
+    baseline: str = "trailing"
+    jobs: int = 2
+    reps: int = BOOTSTRAP_REPS
+
+    @property
+    def every(self) -> str:
+        return format_ms(self.every_ms)
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol.upper(),
+            "every": self.every,
+            "start": self.start_ms,
+            "end": self.end_ms,
+            "model": self.model.as_dict(),
+            "horizons": [label for label, _ in self.horizons],
+            "baseline": self.baseline,
+            "baseline_lookahead": self.baseline == "full",
+            "bootstrap": {"kind": "circular block", "reps": self.reps, "block": "max(2k, N^(1/3)) windows"},
+        }
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def load_windows(s: Settings, progress: Progress = _quiet) -> pl.DataFrame:
+    index = open_store(s.data_dir, s.symbol)
+    return build_windows(index, [s.every_ms], s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t))[s.every_ms]
+
+
+def score_windows(s: Settings, windows: pl.DataFrame, progress: Progress = _quiet) -> pl.DataFrame:
+    return walk_forward(windows, s.model, s.jobs, lambda d, t: progress("refits", d, t))
+
+
+def flag_rate(scored: pl.DataFrame) -> float:
+    """Share of scored windows the model flagged (-1)."""
+    p = scored["prediction"].drop_nulls()
+    return float((p == -1).mean()) if len(p) else 0.0
+
+
+def horizon_report(s: Settings, scored: pl.DataFrame) -> dict[str, Any]:
+    hs = horizons_for(s.horizons, s.every_ms)
+    moves = forward_moves(scored, hs)
+    groups = group_windows(scored, s.baseline, s.model.buffer)
+    rows = compare(moves, groups, scored["volatility"], hs, seed=s.model.seed, reps=s.reps)
+    return {
+        "parameters": s.parameters(),
+        "flag_rate": flag_rate(scored),
+        "scored_windows": int(scored["prediction"].is_not_null().sum()),
+        "comparisons": sum(r["p_mannwhitney"] is not None for r in rows),
+        "rows": rows,
+    }
+
+
+def prototype_report(csv: Path, every_ms: int, horizons: Sequence[tuple[str, int]], baseline: str, reps: int) -> dict[str, Any]:
+    """The prototype's method on its own window file (``--windows-csv``)."""
+    from engine.prototype import prototype_moves, read_prototype_csv
+
+    rows = read_prototype_csv(csv)
+    hs = horizons_for(horizons, every_ms)
+    scored = rows.with_columns(gap=pl.lit(False))
+    groups = group_windows(scored, baseline, 0) if baseline == "full" else None
+    if groups is None:
+        from engine.errors import InputError
+
+        raise InputError("--windows-csv needs --baseline full (the prototype's rows have no past buffer to trail)")
+    table = compare(prototype_moves(rows, hs), groups, rows["volatility"], hs, reps=reps, metrics=("abs_return_sum",))
+    return {
+        "parameters": {"windows_csv": str(csv), "every": format_ms(every_ms), "horizons": [h.label for h in hs],
+                       "baseline": baseline, "baseline_lookahead": True, "horizon_unit": "rows"},
+        "flag_rate": flag_rate(rows),
+        "scored_windows": int(rows["prediction"].is_not_null().sum()),
+        "comparisons": sum(r["p_mannwhitney"] is not None for r in table),
+        "rows": table,
+    }
+
+
+def results_dir_for(s: Settings) -> Path:
+    return s.data_dir / "results" / f"{s.symbol.upper()}-{s.every}"
+
+
+def run(s: Settings, results: Path | None = None, progress: Progress = _quiet, plots: bool = True) -> tuple[dict[str, Any], Path]:
+    """Windows, scores and the horizon table, written to a results folder."""
+    t0 = time.monotonic()
+    out = results or results_dir_for(s)
+    windows = load_windows(s, progress)
+    scored = score_windows(s, windows, progress)
+    report = horizon_report(s, scored)
+    report["seconds"] = round(time.monotonic() - t0, 3)
+    out.mkdir(parents=True, exist_ok=True)
+    windows.write_parquet(out / "windows.parquet")
+    scored.with_columns(pl.lit(s.symbol.upper()).alias("symbol"), pl.lit(s.every).alias("every")).write_parquet(
+        out / "scores.parquet"
+    )
+    (out / "horizons.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    pl.DataFrame(report["rows"]).write_csv(out / "horizons.csv")
+    (out / "parameters.json").write_bytes(orjson.dumps(s.parameters(), option=orjson.OPT_INDENT_2))
+    if plots:
+        from engine.plots import write_plots
+
+        write_plots(scored, report, out / "plots")
+    return report, out
+
+
+def sweep(s: Settings, everies: Sequence[int], progress: Progress = _quiet) -> dict[str, Any]:
+    """One scan of the store, windows for every size, then scores and horizons per size."""
+    index = open_store(s.data_dir, s.symbol)
+    built = build_windows(index, list(everies), s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t))
+    rows: list[dict] = []
+    rates = {}
+    for e in everies:
+        se = replace(s, every_ms=e)
+        scored = score_windows(se, built[e], progress)
+        rep = horizon_report(se, scored)
+        rates[se.every] = rep["flag_rate"]
+        rows += [{"every": se.every, **r} for r in rep["rows"]]
+    from scipy.stats import false_discovery_control
+
+    ps = [r["p_mannwhitney"] for r in rows if r["p_mannwhitney"] is not None]
+    adj = iter(false_discovery_control(ps, method="bh").tolist() if ps else [])
+    for r in rows:  # adjust across the whole grid, not per size
+        r["p_bh"] = next(adj) if r["p_mannwhitney"] is not None else None
+    return {
+        "parameters": {**s.parameters(), "every": [format_ms(e) for e in everies]},
+        "flag_rate": rates,
+        "comparisons": len(ps),
+        "rows": rows,
+    }

@@ -1,0 +1,54 @@
+"""DuckDB over the store: the views in ``sql/`` plus the engine's results."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from engine.errors import DataError, InputError
+
+__all__ = ["SQL_DIR", "connect", "interactive", "query_frame"]
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+VIEW_FILES = ("views.sql", "windows.sql")
+
+
+def _quote(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def connect(data_dir: Path):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET VARIABLE data_dir = '{_quote(data_dir)}'")
+    for name in VIEW_FILES:
+        con.execute((SQL_DIR / name).read_text())
+    return con
+
+
+def query_frame(data_dir: Path, query: str):
+    """The result of ``query`` as a Polars frame; InputError with DuckDB's message if it fails."""
+    import duckdb
+
+    con = connect(data_dir)
+    try:
+        return con.sql(query).pl()
+    except duckdb.Error as e:
+        raise InputError(f"DuckDB: {str(e).splitlines()[0]}") from None
+    except AttributeError:
+        raise InputError("the query returned no rows to show (use SELECT ...)") from None
+
+
+def interactive(data_dir: Path) -> None:
+    exe = shutil.which("duckdb")
+    if exe is None:
+        raise DataError(
+            "the DuckDB CLI is not installed; get it from https://duckdb.org/docs/installation "
+            "(or run one query: engine sql \"SELECT ...\")"
+        )
+    args = [exe, "-cmd", f"SET VARIABLE data_dir='{_quote(data_dir)}'"]
+    for name in VIEW_FILES:
+        args += ["-cmd", f".read {SQL_DIR / name}"]
+    os.execv(exe, args)
