@@ -61,7 +61,8 @@ def window_features(trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int)
             high=pl.col("price").max(),
             low=pl.col("price").min(),
             close=pl.col("price").last(),
-            volatility=pl.col("price").std(ddof=1),
+            # Shift-invariant, but better conditioned (and exactly 0 for a flat window).
+            volatility=(pl.col("price") - pl.col("price").first()).std(ddof=1),
             buy_volume=pl.col("qty").filter(~pl.col("is_buyer_maker")).sum(),
         )
         .rename({"trade_time": "window_start"})
@@ -132,20 +133,20 @@ def build_windows(
     Without ``start_ms``/``end_ms`` the grid runs from the first to the last stored trade.
     Trades are read a day at a time; a window that straddles a chunk boundary is finished
     with the next chunk, so any size works, including ones that do not divide a day."""
-    from engine.scan import DAY_MS  # noqa: F401 - documented chunk size
-
     first = index.first_hour * 3_600_000 if start_ms is None else start_ms
     end = (index.last_hour + 1) * 3_600_000 if end_ms is None else end_ms
     if end <= first:
         raise DataError("the time range is empty; --end must be after --start")
+    # Windows are always complete: from the window holding `first` to the one holding `end - 1`.
     lo = {e: first // e * e for e in everies}
+    end_all = max(-(-end // e) * e for e in everies)
     done: dict[int, list[pl.DataFrame]] = {e: [] for e in everies}
     carry = index.load(0, 0)
     prev: tuple[int, int] | None = None
     gaps: list[tuple[int, int]] = list(index.recorded_gaps())
     seen_first: int | None = None
     seen_last: int | None = None
-    bounds = list(chunk_bounds(min(lo.values()), end))
+    bounds = list(chunk_bounds(min(lo.values()), end_all))
     for n, (c_lo, c_hi) in enumerate(bounds):
         fresh = index.load(c_lo, c_hi)
         gaps += _id_gaps(fresh, prev)

@@ -38,7 +38,10 @@ CREATE OR REPLACE MACRO tw_windows(sym, every_ms, start_ms, end_ms) AS TABLE
 WITH t AS (
     SELECT trade_id, price, qty, is_buyer_maker, epoch_ms(trade_time) AS ms
     FROM trades
-    WHERE symbol = upper(sym) AND epoch_ms(trade_time) >= start_ms AND epoch_ms(trade_time) < end_ms
+    -- Complete windows: from the one holding start_ms to the one holding end_ms - 1.
+    WHERE symbol = upper(sym)
+      AND epoch_ms(trade_time) >= (start_ms // every_ms) * every_ms
+      AND epoch_ms(trade_time) < ((end_ms + every_ms - 1) // every_ms) * every_ms
 ),
 g AS (
     SELECT

@@ -1,0 +1,54 @@
+"""Synthetic trade tapes written straight into the store as Parquet hours (test data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recorder import layout
+from recorder.schema import PARQUET_SCHEMA
+from recorder.store import init_store
+
+
+def tape(start_ms: int, seconds: float, rate: float, seed: int, first_id: int = 1) -> pl.DataFrame:
+    """Trades with bursty arrivals, a tick-grid random-walk price and lognormal sizes."""
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(rate * seconds)
+    # Bursts: a quarter of the trades crowd into short clusters.
+    base = rng.uniform(0, seconds * 1000, n)
+    centers = rng.uniform(0, seconds * 1000, max(1, n // 400))
+    burst = rng.random(n) < 0.25
+    base[burst] = centers[rng.integers(0, len(centers), burst.sum())] + rng.exponential(800, burst.sum())
+    t = np.sort(np.clip(base, 0, seconds * 1000 - 1)).astype(np.int64) + start_ms
+    price = np.round(60000 + np.cumsum(rng.choice([-1, 0, 0, 1], n)) * 0.01, 2)
+    qty = np.round(rng.lognormal(-6, 1.5, n), 8)
+    return pl.DataFrame(
+        {
+            "trade_id": np.arange(first_id, first_id + n, dtype=np.int64),
+            "price": price,
+            "qty": qty,
+            "quote_qty": None,
+            "trade_time": t * 1000,
+            "event_time": t * 1000 + 1,
+            "is_buyer_maker": rng.random(n) < 0.5,
+            "is_best_match": True,
+            "buyer_order_id": None,
+            "seller_order_id": None,
+            "recv_time": t * 1000 + 5000,
+            "source": "archive",
+            "event_type": "trade",
+            "extra": None,
+        }
+    ).cast(PARQUET_SCHEMA)  # type: ignore[arg-type]
+
+
+def write_store(root: Path, symbol: str, trades: pl.DataFrame) -> None:
+    """One Parquet file per hour, as compaction (or an archive import) leaves them."""
+    init_store(root)
+    hours = trades.with_columns(_h=pl.col("trade_time").dt.epoch("ms") // layout.HOUR_MS)
+    for (hour,), part in hours.group_by("_h"):
+        d = layout.hour_dir(root, symbol, int(hour))
+        d.mkdir(parents=True, exist_ok=True)
+        part.drop("_h").sort("trade_id").write_parquet(d / layout.PARQUET)
