@@ -84,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     start_ms = int(time.time() * 1000) - 10_000
     payload = frames(args.trades, start_ms)
-    port, sent = serve_in_thread(payload)
+    port, _sent = serve_in_thread(payload)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         state = data / "state" / "recorder.json"

@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
+from engine import config
 from engine.durations import parse_duration, parse_durations, parse_time
 from engine.errors import EngineError, InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
-HORIZONS = "1m,5m,15m,30m"
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,11 +59,25 @@ def _progress():
 def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(
         [
-            click.option("--data-dir", envvar="TAPEWATCH_DATA_DIR", default="./data", type=click.Path(path_type=Path), help="The store (env TAPEWATCH_DATA_DIR)."),
+            click.option(
+                "--data-dir",
+                envvar="TAPEWATCH_DATA_DIR",
+                default="./data",
+                type=click.Path(path_type=Path),
+                help="The store (env TAPEWATCH_DATA_DIR).",
+            ),
             click.option("--symbol", default="BTCUSDT", help="Symbol, any case."),
-            click.option("--every", default="20s", help="Window size: 250ms, 20s, 5m, 1h."),
-            click.option("--start", default=None, help="First window (ISO 8601, UTC); default: the first trade."),
-            click.option("--end", default=None, help="End, exclusive (ISO 8601, UTC); default: the last trade."),
+            click.option("--every", default=config.EVERY, help="Window size: 250ms, 20s, 5m, 1h."),
+            click.option(
+                "--start",
+                default=None,
+                help="First window (ISO 8601, UTC); default: the first trade.",
+            ),
+            click.option(
+                "--end",
+                default=None,
+                help="End, exclusive (ISO 8601, UTC); default: the last trade.",
+            ),
         ]
     ):
         fn = opt(fn)
@@ -71,17 +85,29 @@ def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    from engine.model import DEFAULT_FEATURES
-
     for opt in reversed(
         [
-            click.option("--buffer", default=500, help="Windows per training set (first model after this many)."),
-            click.option("--retrain-every", default=100, help="Windows between refits."),
-            click.option("--contamination", default=0.05, help="Isolation Forest contamination."),
-            click.option("--trees", default=100, help="Trees per forest."),
-            click.option("--seed", default=42, help="Random seed (every refit uses it)."),
-            click.option("--features", default=",".join(DEFAULT_FEATURES), help="Comma-separated window features."),
-            click.option("--jobs", default=2, help="Parallel refits (processes)."),
+            click.option(
+                "--buffer",
+                default=config.BUFFER,
+                help="Windows per training set (first model after this many).",
+            ),
+            click.option(
+                "--retrain-every", default=config.RETRAIN_EVERY, help="Windows between refits."
+            ),
+            click.option(
+                "--contamination",
+                default=config.CONTAMINATION,
+                help="Isolation Forest contamination.",
+            ),
+            click.option("--trees", default=config.TREES, help="Trees per forest."),
+            click.option("--seed", default=config.SEED, help="Random seed (every refit uses it)."),
+            click.option(
+                "--features",
+                default=",".join(config.FEATURES),
+                help="Comma-separated window features.",
+            ),
+            click.option("--jobs", default=config.JOBS, help="Parallel refits (processes)."),
         ]
     ):
         fn = opt(fn)
@@ -89,14 +115,30 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to FILE (.parquet, .csv, .json, .ndjson).")(fn)
-    return click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "ndjson"]), default="table")(fn)
+    fn = click.option(
+        "--output",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write to FILE (.parquet, .csv, .json, .ndjson).",
+    )(fn)
+    return click.option(
+        "--format", "fmt", type=click.Choice(["table", "csv", "json", "ndjson"]), default="table"
+    )(fn)
 
 
 def horizon_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--horizons", default=HORIZONS, help="Comma-separated horizons, multiples of --every.")(fn)
-    fn = click.option("--baseline", type=click.Choice(["trailing", "full"]), default="trailing", help="Volatility baseline; full is look-ahead (prototype).")(fn)
-    return click.option("--reps", default=1000, help="Bootstrap replicates.")(fn)
+    fn = click.option(
+        "--horizons",
+        default=config.HORIZONS,
+        help="Comma-separated horizons, multiples of --every.",
+    )(fn)
+    fn = click.option(
+        "--baseline",
+        type=click.Choice(["trailing", "full"]),
+        default=config.BASELINE,
+        help="Volatility baseline; full is look-ahead (prototype).",
+    )(fn)
+    return click.option("--reps", default=config.REPS, help="Bootstrap replicates.")(fn)
 
 
 def settings(kw: dict[str, Any]):
@@ -104,12 +146,14 @@ def settings(kw: dict[str, Any]):
     from engine.pipeline import DEFAULT_HORIZONS, Settings
 
     model = ModelParams(
-        buffer=kw.get("buffer", 500),
-        retrain_every=kw.get("retrain_every", 100),
-        contamination=kw.get("contamination", 0.05),
-        trees=kw.get("trees", 100),
-        seed=kw.get("seed", 42),
-        features=tuple(f.strip() for f in kw.get("features", "trade_count,volume,avg_trade_size,return,volatility").split(",") if f.strip()),
+        buffer=kw.get("buffer", config.BUFFER),
+        retrain_every=kw.get("retrain_every", config.RETRAIN_EVERY),
+        contamination=kw.get("contamination", config.CONTAMINATION),
+        trees=kw.get("trees", config.TREES),
+        seed=kw.get("seed", config.SEED),
+        features=tuple(
+            f.strip() for f in kw.get("features", ",".join(config.FEATURES)).split(",") if f.strip()
+        ),
     )
     symbol = kw["symbol"].strip()
     if not symbol.isalnum():
@@ -117,14 +161,14 @@ def settings(kw: dict[str, Any]):
     return Settings(
         data_dir=kw["data_dir"],
         symbol=symbol.upper(),
-        every_ms=parse_duration(kw["every"]) if isinstance(kw.get("every"), str) and "," not in kw["every"] else 20_000,
+        every_ms=parse_duration(kw["every"]),
         start_ms=parse_time(kw["start"]) if kw.get("start") else None,
         end_ms=parse_time(kw["end"]) if kw.get("end") else None,
         model=model,
         horizons=tuple(parse_durations(kw["horizons"])) if kw.get("horizons") else DEFAULT_HORIZONS,
-        baseline=kw.get("baseline", "trailing"),
-        jobs=kw.get("jobs", 2),
-        reps=kw.get("reps", 1000),
+        baseline=kw.get("baseline", config.BASELINE),
+        jobs=kw.get("jobs", config.JOBS),
+        reps=kw.get("reps", config.REPS),
     )
 
 
@@ -137,8 +181,15 @@ def print_report(report: dict[str, Any], fmt: str, output: Path | None) -> None:
     envelope = {k: v for k, v in report.items() if k != "rows"}
     if fmt == "table" and output is None:
         rate = report["flag_rate"]
-        rate_text = f"{rate:.2%}" if isinstance(rate, float) else ", ".join(f"{k}: {v:.2%}" for k, v in rate.items())
-        click.echo(f"flag rate {rate_text}; {report['comparisons']} comparisons (p_bh: Benjamini-Hochberg over the table)")
+        rate_text = (
+            f"{rate:.2%}"
+            if isinstance(rate, float)
+            else ", ".join(f"{k}: {v:.2%}" for k, v in rate.items())
+        )
+        click.echo(
+            f"flag rate {rate_text}; {report['comparisons']} comparisons "
+            "(p_bh: Benjamini-Hochberg over the table)"
+        )
         if report["parameters"].get("baseline_lookahead"):
             click.echo("baseline: full sample (look-ahead, reproduces the prototype)")
     emit_table(rows, fmt, output, envelope)
@@ -200,7 +251,12 @@ def score(fmt: str, output: Path | None, **kw: Any) -> None:
 @store_options
 @model_options
 @horizon_options
-@click.option("--windows-csv", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Read the prototype's window file instead of the store.")
+@click.option(
+    "--windows-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the prototype's window file instead of the store.",
+)
 @output_options
 @_errors
 def horizons(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any) -> None:
@@ -226,7 +282,12 @@ def horizons(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
 @store_options
 @model_options
 @horizon_options
-@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None, help="Results folder; default DATA_DIR/results/SYMBOL-EVERY.")
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Results folder; default DATA_DIR/results/SYMBOL-EVERY.",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @output_options
 @_errors
@@ -265,7 +326,13 @@ def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("query", required=False)
-@click.option("--data-dir", envvar="TAPEWATCH_DATA_DIR", default="./data", type=click.Path(path_type=Path), help="The store (env TAPEWATCH_DATA_DIR).")
+@click.option(
+    "--data-dir",
+    envvar="TAPEWATCH_DATA_DIR",
+    default="./data",
+    type=click.Path(path_type=Path),
+    help="The store (env TAPEWATCH_DATA_DIR).",
+)
 @output_options
 @_errors
 def sql(query: str | None, data_dir: Path, fmt: str, output: Path | None) -> None:

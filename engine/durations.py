@@ -45,7 +45,9 @@ def parse_time(text: str) -> int:
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise InputError(f"cannot read time {text!r}; write ISO 8601 like 2024-08-08T23:00:00Z") from None
+        raise InputError(
+            f"cannot read time {text!r}; write ISO 8601 like 2024-08-08T23:00:00Z"
+        ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return int(t.timestamp() * 1000)

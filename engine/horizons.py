@@ -31,7 +31,15 @@ import polars as pl
 
 from engine.errors import InputError
 
-__all__ = ["GROUPS", "METRICS", "Horizon", "compare", "forward_moves", "group_windows", "horizons_for"]
+__all__ = [
+    "GROUPS",
+    "METRICS",
+    "Horizon",
+    "compare",
+    "forward_moves",
+    "group_windows",
+    "horizons_for",
+]
 
 GROUPS = ("normal", "vol_only", "if_only", "both")
 METRICS = ("abs_return_sum", "abs_return")
@@ -58,11 +66,22 @@ def horizons_for(spec: Sequence[tuple[str, int]], every_ms: int) -> list[Horizon
     return out
 
 
+def forward_sum(values: np.ndarray, k: int) -> np.ndarray:
+    """``out[i] = values[i+1] + ... + values[i+k]``, added left to right exactly as a plain
+    ``sum()`` would (a cumulative-sum difference would differ in the last bits); NaN where
+    the future runs past the end."""
+    n = len(values)
+    out = np.zeros(n)
+    for j in range(1, k + 1):
+        out[: max(0, n - j)] += values[j:]
+    out[max(0, n - k) :] = np.nan
+    return out
+
+
 def forward_moves(windows: pl.DataFrame, horizons: Sequence[Horizon]) -> pl.DataFrame:
     """Columns ``<metric>@<label>`` for every window of a complete grid (null if excluded)."""
     n = windows.height
     r = windows["return"].abs().fill_null(0.0).to_numpy()
-    csum = np.concatenate([[0.0], np.cumsum(r)])
     gap = windows["gap"].to_numpy().astype(np.int64)
     gsum = np.concatenate([[0], np.cumsum(gap)])
     close = windows["close"].to_numpy()
@@ -75,7 +94,7 @@ def forward_moves(windows: pl.DataFrame, horizons: Sequence[Horizon]) -> pl.Data
         jj = np.minimum(j, n - 1)
         ok &= (gsum[jj + 1] - gsum[i + 1]) == 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.where(ok, csum[jj + 1] - csum[i + 1], np.nan)
+            s = np.where(ok, forward_sum(r, h.k), np.nan)
             a = np.where(ok, np.abs(close_ff[jj] / close - 1.0), np.nan)
         cols[f"abs_return_sum@{h.label}"] = pl.Series(s).fill_nan(None)
         cols[f"abs_return@{h.label}"] = pl.Series(a).fill_nan(None)
@@ -87,17 +106,20 @@ def group_windows(scored: pl.DataFrame, baseline: str, buffer: int) -> pl.Series
     vol = pl.col("volatility")
     ok = pl.col("prediction").is_not_null()
     if baseline == "full":
-        s = scored.filter(ok)["volatility"]
-        line = pl.lit((s.mean() or 0.0) + 2 * (s.std(ddof=1) or 0.0))
+        s = scored.filter(ok)["volatility"].to_numpy()
+        line = pl.lit(float(s.mean() + 2 * s.std(ddof=1)) if len(s) > 1 else float("inf"))
     elif baseline == "trailing":
         # mean + 2 sd over the `buffer` scoreable windows strictly before each window.
         able = scored.select((pl.col("trade_count") > 0) & ~pl.col("gap")).to_series()
         past = scored.filter(able).select(
             pl.col("window_start"),
-            (vol.rolling_mean(buffer) + 2 * vol.rolling_std(buffer, ddof=1)).shift(1).alias("_line"),
+            (vol.rolling_mean(buffer) + 2 * vol.rolling_std(buffer, ddof=1))
+            .shift(1)
+            .alias("_line"),
         )
-        line = scored.select("window_start").join(past, on="window_start", how="left")["_line"]
-        line = pl.lit(line)
+        line = pl.lit(
+            scored.select("window_start").join(past, on="window_start", how="left")["_line"]
+        )
     else:
         raise InputError(f"unknown baseline {baseline!r}; choose trailing or full")
     flag = pl.col("prediction") == -1
@@ -131,7 +153,9 @@ def _block_ratios(y, code, dec, block, reps, rng):
         starts = rng.integers(0, n, size=(m, nb))
         idx = ((starts[:, :, None] + offs) % n).reshape(m, -1)[:, :n]
         k = key[idx] + (np.arange(m)[:, None] * size)
-        sums[r0 : r0 + m] = np.bincount(k.ravel(), weights=y[idx].ravel(), minlength=m * size).reshape(m, size)
+        sums[r0 : r0 + m] = np.bincount(
+            k.ravel(), weights=y[idx].ravel(), minlength=m * size
+        ).reshape(m, size)
         cnts[r0 : r0 + m] = np.bincount(k.ravel(), minlength=m * size).reshape(m, size)
     return sums.reshape(reps, len(GROUPS), DECILES), cnts.reshape(reps, len(GROUPS), DECILES)
 
@@ -173,7 +197,9 @@ def compare(
             code = np.select([g == name for name in GROUPS], range(len(GROUPS)), -1)
             vol = vol_all[keep].astype(float)
             # Deciles of the window's own volatility (ties broken by time order).
-            dec = (np.argsort(np.argsort(vol, kind="stable"), kind="stable") * DECILES) // max(len(vol), 1)
+            dec = (np.argsort(np.argsort(vol, kind="stable"), kind="stable") * DECILES) // max(
+                len(vol), 1
+            )
             normal = y[code == 0]
             point_s = np.zeros((len(GROUPS), DECILES))
             point_c = np.zeros((len(GROUPS), DECILES))
@@ -190,12 +216,14 @@ def compare(
                     "horizon": h.label,
                     "metric": metric,
                     "group": name,
-                    "n": int(len(v)),
+                    "n": len(v),
                     "mean": float(v.mean()) if len(v) else None,
                     "median": float(np.median(v)) if len(v) else None,
                     "ratio_mean": _f(ratio[gi]),
                     "ratio_median": (
-                        float(np.median(v) / np.median(normal)) if len(v) and len(normal) and np.median(normal) else None
+                        float(np.median(v) / np.median(normal))
+                        if len(v) and len(normal) and np.median(normal)
+                        else None
                     ),
                     "p_mannwhitney": (
                         float(mannwhitneyu(v, normal, alternative="greater").pvalue)

@@ -19,7 +19,9 @@ from engine.errors import InputError
 
 __all__ = ["DEFAULT_FEATURES", "ModelParams", "fit_score", "scoreable", "walk_forward"]
 
-DEFAULT_FEATURES = ("trade_count", "volume", "avg_trade_size", "return", "volatility")
+from engine import config
+
+DEFAULT_FEATURES = config.FEATURES
 ALL_FEATURES = (
     "trade_count",
     "volume",
@@ -34,11 +36,11 @@ ALL_FEATURES = (
 
 @dataclass(frozen=True)
 class ModelParams:
-    buffer: int = 500
-    retrain_every: int = 100
-    contamination: float = 0.05
-    trees: int = 100
-    seed: int = 42
+    buffer: int = config.BUFFER
+    retrain_every: int = config.RETRAIN_EVERY
+    contamination: float = config.CONTAMINATION
+    trees: int = config.TREES
+    seed: int = config.SEED
     features: tuple[str, ...] = DEFAULT_FEATURES
 
     def __post_init__(self) -> None:
@@ -61,7 +63,9 @@ def scoreable(windows: pl.DataFrame) -> pl.Expr:
     return (pl.col("trade_count") > 0) & ~pl.col("gap")
 
 
-def fit_score(train: np.ndarray, score: np.ndarray, p: ModelParams) -> tuple[np.ndarray, np.ndarray]:
+def fit_score(
+    train: np.ndarray, score: np.ndarray, p: ModelParams
+) -> tuple[np.ndarray, np.ndarray]:
     """One refit: standardize on ``train``, fit the forest, return (decision, prediction)
     for ``score``. Deterministic for a given seed, so batch and live agree."""
     from sklearn.ensemble import IsolationForest
@@ -142,8 +146,4 @@ def walk_forward(
             "refit": pl.Series(refit, dtype=pl.Int64),
         }
     ).filter(pl.col("refit") >= 0)
-    return (
-        windows.with_row_index("_i")
-        .join(cols, on="_i", how="left")
-        .drop("_i")
-    )
+    return windows.with_row_index("_i").join(cols, on="_i", how="left").drop("_i")

@@ -46,7 +46,9 @@ def _fmt(v: Any) -> str:
 def _table(df: pl.DataFrame, out: TextIO) -> None:
     cols = df.columns
     rows = [[_fmt(v) for v in r] for r in df.rows()]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    widths = [
+        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)
+    ]
     out.write("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)).rstrip() + "\n")
     for r in rows:
         out.write("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
@@ -64,7 +66,9 @@ def emit_table(
     if output is not None:
         kind = _SUFFIX.get(output.suffix.lower())
         if kind is None:
-            raise InputError(f"cannot tell the format of {output}; end it in .parquet, .csv, .json or .ndjson")
+            raise InputError(
+                f"cannot tell the format of {output}; end it in .parquet, .csv, .json or .ndjson"
+            )
         output.parent.mkdir(parents=True, exist_ok=True)
         if kind == "parquet":
             df.write_parquet(output)
@@ -80,7 +84,10 @@ def emit_table(
     elif fmt == "json":
         rows = text.to_dicts()
         body = {**envelope, "rows": rows} if envelope is not None else rows
-        out.write(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+        out.write(
+            orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
+            + "\n"
+        )
     elif fmt == "ndjson":
         for r in text.to_dicts():
             out.write(orjson.dumps(r).decode() + "\n")

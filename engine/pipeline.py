@@ -64,7 +64,11 @@ class Settings:
             "horizons": [label for label, _ in self.horizons],
             "baseline": self.baseline,
             "baseline_lookahead": self.baseline == "full",
-            "bootstrap": {"kind": "circular block", "reps": self.reps, "block": "max(2k, N^(1/3)) windows"},
+            "bootstrap": {
+                "kind": "circular block",
+                "reps": self.reps,
+                "block": "max(2k, N^(1/3)) windows",
+            },
         }
 
 
@@ -74,7 +78,9 @@ def _quiet(stage: str, done: int, total: int) -> None:
 
 def load_windows(s: Settings, progress: Progress = _quiet) -> pl.DataFrame:
     index = open_store(s.data_dir, s.symbol)
-    return build_windows(index, [s.every_ms], s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t))[s.every_ms]
+    return build_windows(
+        index, [s.every_ms], s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t)
+    )[s.every_ms]
 
 
 def score_windows(s: Settings, windows: pl.DataFrame, progress: Progress = _quiet) -> pl.DataFrame:
@@ -84,7 +90,7 @@ def score_windows(s: Settings, windows: pl.DataFrame, progress: Progress = _quie
 def flag_rate(scored: pl.DataFrame) -> float:
     """Share of scored windows the model flagged (-1)."""
     p = scored["prediction"].drop_nulls()
-    return float((p == -1).mean()) if len(p) else 0.0
+    return float((p == -1).sum()) / len(p) if len(p) else 0.0
 
 
 def horizon_report(s: Settings, scored: pl.DataFrame) -> dict[str, Any]:
@@ -101,7 +107,9 @@ def horizon_report(s: Settings, scored: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def prototype_report(csv: Path, every_ms: int, horizons: Sequence[tuple[str, int]], baseline: str, reps: int) -> dict[str, Any]:
+def prototype_report(
+    csv: Path, every_ms: int, horizons: Sequence[tuple[str, int]], baseline: str, reps: int
+) -> dict[str, Any]:
     """The prototype's method on its own window file (``--windows-csv``)."""
     from engine.prototype import prototype_moves, read_prototype_csv
 
@@ -112,11 +120,27 @@ def prototype_report(csv: Path, every_ms: int, horizons: Sequence[tuple[str, int
     if groups is None:
         from engine.errors import InputError
 
-        raise InputError("--windows-csv needs --baseline full (the prototype's rows have no past buffer to trail)")
-    table = compare(prototype_moves(rows, hs), groups, rows["volatility"], hs, reps=reps, metrics=("abs_return_sum",))
+        raise InputError(
+            "--windows-csv needs --baseline full "
+            "(the prototype's rows have no past buffer to trail)"
+        )
+    table = compare(
+        prototype_moves(rows, hs),
+        groups,
+        rows["volatility"],
+        hs,
+        reps=reps,
+        metrics=("abs_return_sum",),
+    )
     return {
-        "parameters": {"windows_csv": str(csv), "every": format_ms(every_ms), "horizons": [h.label for h in hs],
-                       "baseline": baseline, "baseline_lookahead": True, "horizon_unit": "rows"},
+        "parameters": {
+            "windows_csv": str(csv),
+            "every": format_ms(every_ms),
+            "horizons": [h.label for h in hs],
+            "baseline": baseline,
+            "baseline_lookahead": True,
+            "horizon_unit": "rows",
+        },
         "flag_rate": flag_rate(rows),
         "scored_windows": int(rows["prediction"].is_not_null().sum()),
         "comparisons": sum(r["p_mannwhitney"] is not None for r in table),
@@ -128,7 +152,9 @@ def results_dir_for(s: Settings) -> Path:
     return s.data_dir / "results" / f"{s.symbol.upper()}-{s.every}"
 
 
-def run(s: Settings, results: Path | None = None, progress: Progress = _quiet, plots: bool = True) -> tuple[dict[str, Any], Path]:
+def run(
+    s: Settings, results: Path | None = None, progress: Progress = _quiet, plots: bool = True
+) -> tuple[dict[str, Any], Path]:
     """Windows, scores and the horizon table, written to a results folder."""
     t0 = time.monotonic()
     out = results or results_dir_for(s)
@@ -138,9 +164,9 @@ def run(s: Settings, results: Path | None = None, progress: Progress = _quiet, p
     report["seconds"] = round(time.monotonic() - t0, 3)
     out.mkdir(parents=True, exist_ok=True)
     windows.write_parquet(out / "windows.parquet")
-    scored.with_columns(pl.lit(s.symbol.upper()).alias("symbol"), pl.lit(s.every).alias("every")).write_parquet(
-        out / "scores.parquet"
-    )
+    scored.with_columns(
+        pl.lit(s.symbol.upper()).alias("symbol"), pl.lit(s.every).alias("every")
+    ).write_parquet(out / "scores.parquet")
     (out / "horizons.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     pl.DataFrame(report["rows"]).write_csv(out / "horizons.csv")
     (out / "parameters.json").write_bytes(orjson.dumps(s.parameters(), option=orjson.OPT_INDENT_2))
@@ -154,7 +180,9 @@ def run(s: Settings, results: Path | None = None, progress: Progress = _quiet, p
 def sweep(s: Settings, everies: Sequence[int], progress: Progress = _quiet) -> dict[str, Any]:
     """One scan of the store, windows for every size, then scores and horizons per size."""
     index = open_store(s.data_dir, s.symbol)
-    built = build_windows(index, list(everies), s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t))
+    built = build_windows(
+        index, list(everies), s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t)
+    )
     rows: list[dict] = []
     rates = {}
     for e in everies:

@@ -29,8 +29,14 @@ def write_plots(scored: pl.DataFrame, report: dict[str, Any], out: Path) -> list
             g = rows.filter((pl.col("metric") == metric) & (pl.col("group") == group))
             x = [horizons.index(h) + (i - 1) * 0.12 for h in g["horizon"]]
             y = g["ratio_mean"].to_list()
-            lo = [(a - b) if a is not None and b is not None else 0 for a, b in zip(y, g["ci_low"], strict=True)]
-            hi = [(b - a) if a is not None and b is not None else 0 for a, b in zip(y, g["ci_high"], strict=True)]
+            lo = [
+                (a - b) if a is not None and b is not None else 0
+                for a, b in zip(y, g["ci_low"], strict=True)
+            ]
+            hi = [
+                (b - a) if a is not None and b is not None else 0
+                for a, b in zip(y, g["ci_high"], strict=True)
+            ]
             yv = [v if v is not None else float("nan") for v in y]
             ax.errorbar(x, yv, yerr=[lo, hi], fmt="o", color=color, label=group, capsize=3)
         ax.axhline(1.0, color="grey", lw=1, ls="--")
@@ -43,9 +49,20 @@ def write_plots(scored: pl.DataFrame, report: dict[str, Any], out: Path) -> list
     paths.append(_save(fig, out / "ratio_by_horizon.png"))
 
     fig, ax = plt.subplots(figsize=(12, 4))
-    ax.plot(scored["window_start"].to_list(), scored["close"].forward_fill().to_list(), lw=0.7, color="black")
+    ax.plot(
+        scored["window_start"].to_list(),
+        scored["close"].forward_fill().to_list(),
+        lw=0.7,
+        color="black",
+    )
     flagged = scored.filter(pl.col("prediction") == -1)
-    ax.scatter(flagged["window_start"].to_list(), flagged["close"].to_list(), s=8, color="tab:red", label="flagged")
+    ax.scatter(
+        flagged["window_start"].to_list(),
+        flagged["close"].to_list(),
+        s=8,
+        color="tab:red",
+        label="flagged",
+    )
     ax.set_title("price (window close) with flagged windows")
     ax.legend()
     fig.tight_layout()

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from engine.errors import DataError
-from engine.horizons import Horizon
+from engine.horizons import Horizon, forward_sum
 
 __all__ = ["PROTOTYPE_COLUMNS", "prototype_moves", "read_prototype_csv"]
 
@@ -38,7 +37,7 @@ def read_prototype_csv(path: Path) -> pl.DataFrame:
         df = pl.read_csv(path, infer_schema_length=0)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise DataError(f"{path} is not a readable CSV file ({str(e).splitlines()[0]})") from None
     missing = [c for c in PROTOTYPE_COLUMNS if c not in df.columns]
     if missing:
@@ -50,24 +49,25 @@ def read_prototype_csv(path: Path) -> pl.DataFrame:
         return df.select(
             pl.col("timestamp"),
             pl.col("trade_count").cast(pl.Int64),
-            *(pl.col(c).cast(pl.Float64) for c in ("volume", "avg_trade_size", "return", "volatility")),
+            *(
+                pl.col(c).cast(pl.Float64)
+                for c in ("volume", "avg_trade_size", "return", "volatility")
+            ),
             pl.col("score").replace("", None).cast(pl.Float64),
             pl.col("prediction").replace("", None).cast(pl.Float64).cast(pl.Int8),
         )
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path} has a value that is not a number ({str(e).splitlines()[0][:100]})") from None
+    except Exception as e:
+        raise DataError(
+            f"{path} has a value that is not a number ({str(e).splitlines()[0][:100]})"
+        ) from None
 
 
 def prototype_moves(rows: pl.DataFrame, horizons: Sequence[Horizon]) -> pl.DataFrame:
     """``abs_return_sum@<label>``: sum of |return| over the next k rows (null past the end)."""
     r = rows["return"].abs().fill_null(0.0).to_numpy()
-    csum = np.concatenate([[0.0], np.cumsum(r)])
-    n = len(r)
-    i = np.arange(n)
-    out = {}
-    for h in horizons:
-        j = i + h.k
-        ok = j < n
-        jj = np.minimum(j, n - 1)
-        out[f"abs_return_sum@{h.label}"] = pl.Series(np.where(ok, csum[jj + 1] - csum[i + 1], np.nan)).fill_nan(None)
-    return pl.DataFrame(out)
+    return pl.DataFrame(
+        {
+            f"abs_return_sum@{h.label}": pl.Series(forward_sum(r, h.k)).fill_nan(None)
+            for h in horizons
+        }
+    )

@@ -85,11 +85,11 @@ class StoreIndex:
 def _read_parquet(files: list[Path]) -> pl.DataFrame:
     try:
         return pl.scan_parquet(files).select(COLUMNS).collect()
-    except Exception:  # noqa: BLE001 - find and name the file that is broken
+    except Exception:
         for f in files:
             try:
                 pl.read_parquet(f, columns=COLUMNS)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise DataError(
                     f"{f} is not a readable Parquet file ({str(e).splitlines()[0][:120]}); "
                     "move it aside, or restore it from an archive import"

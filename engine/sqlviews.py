@@ -46,7 +46,7 @@ def interactive(data_dir: Path) -> None:
     if exe is None:
         raise DataError(
             "the DuckDB CLI is not installed; get it from https://duckdb.org/docs/installation "
-            "(or run one query: engine sql \"SELECT ...\")"
+            '(or run one query: engine sql "SELECT ...")'
         )
     args = [exe, "-cmd", f"SET VARIABLE data_dir='{_quote(data_dir)}'"]
     for name in VIEW_FILES:

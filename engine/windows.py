@@ -92,7 +92,9 @@ def window_features(trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int)
     )
 
 
-def mark_gaps(windows: pl.DataFrame, every_ms: int, gaps: Sequence[tuple[int, int]]) -> pl.DataFrame:
+def mark_gaps(
+    windows: pl.DataFrame, every_ms: int, gaps: Sequence[tuple[int, int]]
+) -> pl.DataFrame:
     """Set ``gap`` on every window that overlaps a span ``[after_ms, before_ms]`` in which
     trades are missing (vectorized: a difference array over the window starts)."""
     if not gaps or windows.is_empty():
@@ -114,7 +116,9 @@ def _id_gaps(trades: pl.DataFrame, prev: tuple[int, int] | None) -> list[tuple[i
         return []
     ids = trades.select(pl.col("trade_id"), pl.col("trade_time").dt.epoch("ms").alias("ms"))
     if prev is not None:
-        ids = pl.concat([pl.DataFrame({"trade_id": [prev[0]], "ms": [prev[1]]}, schema=ids.schema), ids])
+        ids = pl.concat(
+            [pl.DataFrame({"trade_id": [prev[0]], "ms": [prev[1]]}, schema=ids.schema), ids]
+        )
     jumps = ids.with_columns(
         prev_id=pl.col("trade_id").shift(), prev_ms=pl.col("ms").shift()
     ).filter(pl.col("trade_id") - pl.col("prev_id") > 1)
@@ -151,9 +155,15 @@ def build_windows(
         fresh = index.load(c_lo, c_hi)
         gaps += _id_gaps(fresh, prev)
         if not fresh.is_empty():
-            last_row = fresh.select(pl.col("trade_id").last(), pl.col("trade_time").last().dt.epoch("ms")).row(0)
+            last_row = fresh.select(
+                pl.col("trade_id").last(), pl.col("trade_time").last().dt.epoch("ms")
+            ).row(0)
             prev = (int(last_row[0]), int(last_row[1]))
-            seen_first = seen_first if seen_first is not None else int(fresh["trade_time"][0].timestamp() * 1000)
+            seen_first = (
+                seen_first
+                if seen_first is not None
+                else int(fresh["trade_time"][0].timestamp() * 1000)
+            )
             seen_last = prev[1]
         trades = pl.concat([carry, fresh]) if not carry.is_empty() else fresh
         final = n == len(bounds) - 1

@@ -20,7 +20,9 @@ def tape(start_ms: int, seconds: float, rate: float, seed: int, first_id: int = 
     base = rng.uniform(0, seconds * 1000, n)
     centers = rng.uniform(0, seconds * 1000, max(1, n // 400))
     burst = rng.random(n) < 0.25
-    base[burst] = centers[rng.integers(0, len(centers), burst.sum())] + rng.exponential(800, burst.sum())
+    base[burst] = centers[rng.integers(0, len(centers), burst.sum())] + rng.exponential(
+        800, burst.sum()
+    )
     t = np.sort(np.clip(base, 0, seconds * 1000 - 1)).astype(np.int64) + start_ms
     price = np.round(60000 + np.cumsum(rng.choice([-1, 0, 0, 1], n)) * 0.01, 2)
     qty = np.round(rng.lognormal(-6, 1.5, n), 8)

@@ -42,7 +42,9 @@ def test_windows_equal_hand_computed_values(capture_store, frames_2024):
         by_window.setdefault(d["T"] // 20_000 * 20_000, []).append(d)
     assert w.height == len(by_window) == 34  # 23:54:00..23:59:40 and 00:00:00..00:05:00
     for row in w.iter_rows(named=True):
-        trades = sorted(by_window[int(row["window_start"].timestamp() * 1000)], key=lambda d: d["t"])
+        trades = sorted(
+            by_window[int(row["window_start"].timestamp() * 1000)], key=lambda d: d["t"]
+        )
         prices = [float(d["p"]) for d in trades]
         vol = sum(Decimal(d["q"]) for d in trades)
         quote = sum(Decimal(d["p"]) * Decimal(d["q"]) for d in trades)
@@ -59,7 +61,10 @@ def test_windows_equal_hand_computed_values(capture_store, frames_2024):
         assert row["buy_volume"] == pytest.approx(float(buys), rel=1e-12)
         assert row["gap"] is False
     first = w.row(0, named=True)
-    assert (first["window_start"].isoformat(), first["trade_count"]) == ("2024-08-08T23:54:00+00:00", 108)
+    assert (first["window_start"].isoformat(), first["trade_count"]) == (
+        "2024-08-08T23:54:00+00:00",
+        108,
+    )
 
 
 def test_empty_windows_are_present_and_gaps_flagged(tmp_path):
@@ -87,8 +92,18 @@ def test_recorded_gaps_flag_windows(tmp_path):
     write_store(tmp_path, "SIMUSDT", tape(T0, 120, 5, seed=2))
     (tmp_path / "gaps").mkdir()
     (tmp_path / "gaps" / "gaps.ndjson").write_bytes(
-        orjson.dumps({"symbol": "SIMUSDT", "first_id": 10**9, "last_id": 10**9, "after_time": T0 + 45_000,
-                      "before_time": T0 + 61_000, "reason": "REST unavailable", "recorded_at": 0}) + b"\n"
+        orjson.dumps(
+            {
+                "symbol": "SIMUSDT",
+                "first_id": 10**9,
+                "last_id": 10**9,
+                "after_time": T0 + 45_000,
+                "before_time": T0 + 61_000,
+                "reason": "REST unavailable",
+                "recorded_at": 0,
+            }
+        )
+        + b"\n"
     )
     w = build_windows(open_store(tmp_path, "SIMUSDT"), [20_000])[20_000]
     assert w.filter("gap")["window_start"].dt.epoch("ms").to_list() == [T0 + 40_000, T0 + 60_000]
@@ -110,12 +125,24 @@ def test_polars_and_duckdb_windows_agree(two_day_store, every):
     if every == 250:
         end = start + 3_600_000
     w = build_windows(open_store(two_day_store, "SIMUSDT"), [every], start, end)[every]
-    d = connect(two_day_store).sql(f"SELECT * FROM tw_windows('simusdt', {every}, {start}, {end})").pl()
+    d = (
+        connect(two_day_store)
+        .sql(f"SELECT * FROM tw_windows('simusdt', {every}, {start}, {end})")
+        .pl()
+    )
     assert w.height == d.height and w.height > 0
     assert w["window_start"].to_list() == d["window_start"].to_list()
     exact = ["trade_count", "open", "high", "low", "close"]
     assert w.select(exact).equals(d.select(exact).cast(w.select(exact).schema))  # type: ignore[arg-type]
-    for c in ["volume", "quote_volume", "avg_trade_size", "return", "volatility", "vwap", "buy_volume"]:
+    for c in [
+        "volume",
+        "quote_volume",
+        "avg_trade_size",
+        "return",
+        "volatility",
+        "vwap",
+        "buy_volume",
+    ]:
         a, b = w[c].to_numpy(), d[c].cast(pl.Float64).to_numpy()
         both_null = np.isnan(a) & np.isnan(b)
         # Sums in another order differ in the last bits; prices are ~6e4, so scale by them.
@@ -129,12 +156,16 @@ def test_one_scan_serves_every_size_and_preserves_totals(two_day_store):
     for every, w in built.items():
         assert w["trade_count"].sum() == trades.height, every
         assert w["volume"].sum() == pytest.approx(trades["qty"].sum(), rel=1e-9)
-        assert w.filter(pl.col("trade_count") > 0)["window_start"].min() <= trades["trade_time"].min()
+        assert (
+            w.filter(pl.col("trade_count") > 0)["window_start"].min() <= trades["trade_time"].min()
+        )
     alone = build_windows(index, [7_000])[7_000]
     assert alone.equals(built[7_000])
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seconds=st.integers(1, 5000), every_s=st.integers(1, 900), seed=st.integers(0, 99))
 def test_windows_preserve_trade_count_and_volume(tmp_path_factory, seconds, every_s, seed):
     root = tmp_path_factory.mktemp("prop")

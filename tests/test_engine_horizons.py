@@ -1,0 +1,240 @@
+"""Forward moves, groups and statistics, against direct computations and scipy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.stats import false_discovery_control, mannwhitneyu
+
+from engine.errors import DataError, InputError
+from engine.horizons import GROUPS, Horizon, compare, forward_moves, group_windows, horizons_for
+from engine.pipeline import prototype_report
+
+
+def grid(returns, closes, gaps=None) -> pl.DataFrame:
+    n = len(returns)
+    return pl.DataFrame(
+        {
+            "window_start": [
+                datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=20 * i) for i in range(n)
+            ],
+            "return": returns,
+            "close": closes,
+            "gap": gaps or [False] * n,
+        },
+        schema_overrides={"return": pl.Float64, "close": pl.Float64},
+    )
+
+
+def test_forward_moves_by_hand():
+    w = grid(
+        [0.01, -0.02, None, 0.03, 0.0, -0.01],
+        [100, 98, None, 101, 101, 100],
+        [False, False, False, False, True, False],
+    )
+    m = forward_moves(w, [Horizon("40s", 40_000, 2), Horizon("20s", 20_000, 1)])
+    assert m["abs_return_sum@40s"][0] == pytest.approx(0.02)
+    assert m["abs_return_sum@40s"][1] == pytest.approx(0.03)  # empty window counts 0
+    assert m["abs_return_sum@40s"][2] is None  # window 4 is a gap
+    assert m["abs_return_sum@40s"][5] is None and m["abs_return_sum@40s"][4] is None  # past the end
+    # Close to close, carrying the price through the empty window: |98/100 - 1|, |98/98 - 1|
+    assert m["abs_return@40s"][0] == pytest.approx(0.02)
+    assert m["abs_return@20s"][1] == pytest.approx(0.0)
+    assert m["abs_return@20s"][3] is None  # next window is a gap
+
+
+def test_horizon_must_be_a_multiple_of_the_window():
+    with pytest.raises(InputError, match=r"horizon 50s is not a multiple of the window \(20s\)"):
+        horizons_for([("50s", 50_000)], 20_000)
+
+
+def _random_case(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    vol = rng.gamma(2.0, 1.0, n)
+    y = np.abs(rng.normal(0, 1, n)) * vol  # moves scale with volatility: clustering
+    flag = rng.random(n) < 0.06
+    high = vol > np.quantile(vol, 0.9)
+    g = np.where(
+        flag & high, "both", np.where(flag, "if_only", np.where(high, "vol_only", "normal"))
+    )
+    return y, g, vol
+
+
+def test_statistics_equal_direct_computation():
+    y, g, vol = _random_case()
+    h = [Horizon("1m", 60_000, 3)]
+    rows = compare(
+        pl.DataFrame({"abs_return_sum@1m": y, "abs_return@1m": y * 2}),
+        pl.Series(g),
+        pl.Series(vol),
+        h,
+        reps=200,
+    )
+    assert len(rows) == 8
+    normal = y[g == "normal"]
+    for r in rows[:4]:
+        v = y[g == r["group"]]
+        assert r["n"] == len(v)
+        assert r["mean"] == v.mean() and r["median"] == np.median(v)
+        assert r["ratio_mean"] == pytest.approx(v.mean() / normal.mean(), rel=1e-12)
+        assert r["ratio_median"] == np.median(v) / np.median(normal)
+        if r["group"] == "normal":
+            assert r["p_mannwhitney"] is None
+        else:
+            assert r["p_mannwhitney"] == mannwhitneyu(v, normal, alternative="greater").pvalue
+            assert r["ci_low"] < r["ratio_mean"] < r["ci_high"]
+        # Volatility-matched: within deciles of vol, weighted by the group's counts.
+        dec = (np.argsort(np.argsort(vol, kind="stable"), kind="stable") * 10) // len(vol)
+        num = den = 0.0
+        for d in range(10):
+            a, b = y[(g == r["group"]) & (dec == d)], y[(g == "normal") & (dec == d)]
+            if len(a) and len(b):
+                num += len(a) * a.mean() / b.mean()
+                den += len(a)
+        if den == 0:  # no decile holds both the group and normal windows
+            assert r["ratio_vol_matched"] is None
+        else:
+            assert r["ratio_vol_matched"] == pytest.approx(num / den, rel=1e-12)
+    ps = [r["p_mannwhitney"] for r in rows if r["p_mannwhitney"] is not None]
+    assert [r["p_bh"] for r in rows if r["p_bh"] is not None] == list(
+        false_discovery_control(ps, method="bh")
+    )
+
+
+def test_volatility_matched_ratio_removes_pure_volatility_clustering():
+    """A detector that merely fires more in volatile regimes (and, within a regime, at
+    random): a big raw ratio and a tiny p-value, but a matched ratio near 1."""
+    rng = np.random.default_rng(1)
+    n = 40000
+    vol = rng.gamma(2.0, 1.0, n)
+    y = np.abs(rng.normal(0, 1, n)) * vol
+    decile = (np.argsort(np.argsort(vol)) * 10) // n
+    flag = rng.random(n) < np.where(decile >= 8, 0.3, 0.01)
+    g = np.where(flag, "if_only", "normal")
+    rows = compare(
+        pl.DataFrame({"m@1m": y}),
+        pl.Series(g),
+        pl.Series(vol),
+        [Horizon("1m", 60_000, 3)],
+        reps=200,
+        metrics=("m",),
+    )
+    r = rows[GROUPS.index("if_only")]
+    assert r["group"] == "if_only"
+    assert r["ratio_mean"] > 2.0
+    assert r["p_mannwhitney"] < 1e-50
+    assert 0.9 < r["ratio_vol_matched"] < 1.1
+    assert r["vm_ci_low"] < 1.0 < r["vm_ci_high"]
+
+
+def test_trailing_baseline_uses_only_the_past():
+    rng = np.random.default_rng(2)
+    n = 400
+    w = pl.DataFrame(
+        {
+            "window_start": range(n),
+            "trade_count": [5] * n,
+            "gap": [False] * n,
+            "volatility": rng.gamma(2.0, 1.0, n),
+            "prediction": [None] * 50 + [1] * (n - 50),
+        },
+        schema_overrides={"prediction": pl.Int8},
+    )
+    g1 = group_windows(w, "trailing", 50)
+    w2 = w.with_columns(
+        pl.when(pl.col("window_start") >= 300)
+        .then(100.0)
+        .otherwise(pl.col("volatility"))
+        .alias("volatility")
+    )
+    g2 = group_windows(w2, "trailing", 50)
+    assert g1[:300].to_list() == g2[:300].to_list()
+    assert g1[:50].null_count() == 50
+    vol = w["volatility"].to_numpy()
+    i = 200
+    line = vol[i - 50 : i].mean() + 2 * vol[i - 50 : i].std(ddof=1)
+    assert g1[i] == ("vol_only" if vol[i] > line else "normal")
+    assert g2[300] == "vol_only"
+
+
+def prototype_reference(csv: Path, k: int) -> dict:
+    """The prototype's method, written out plainly: next k rows, full-sample baseline."""
+    df = pl.read_csv(csv, infer_schema_length=0)
+    ret = [float(x) for x in df["return"]]
+    vol = [float(x) for x in df["volatility"]]
+    pred = [int(float(x)) if x not in (None, "") else None for x in df["prediction"]]
+    scored = [i for i, p in enumerate(pred) if p is not None]
+    sv = np.array([vol[i] for i in scored])
+    line = sv.mean() + 2 * sv.std(ddof=1)
+    groups: dict[str, list[float]] = {g: [] for g in GROUPS}
+    for i in scored:
+        if i + k >= len(ret):
+            continue
+        fwd = sum(abs(r) for r in ret[i + 1 : i + k + 1])
+        flag, high = pred[i] == -1, vol[i] > line
+        groups[
+            "both" if flag and high else "if_only" if flag else "vol_only" if high else "normal"
+        ].append(fwd)
+    out = {}
+    normal = np.array(groups["normal"])
+    for g, v in groups.items():
+        a = np.array(v)
+        out[g] = {
+            "n": len(a),
+            "mean": a.mean(),
+            "median": np.median(a),
+            "ratio_mean": a.mean() / normal.mean(),
+            "ratio_median": np.median(a) / np.median(normal),
+            "p": None if g == "normal" else mannwhitneyu(a, normal, alternative="greater").pvalue,
+        }
+    return out
+
+
+def write_prototype_csv(path: Path, n=1500, seed=4) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.choice([20, 20, 20, 40, 60], n))  # skipped empty windows: irregular
+    vol = rng.gamma(2.0, 1.0, n)
+    ret = rng.normal(0, 1e-4, n) * vol
+    pred = np.where(rng.random(n) < 0.07, -1, 1).astype(object)
+    pred[:300] = ""
+    score = np.where(pred == "", "", rng.normal(0.1, 0.05, n).round(6).astype(str))
+    rows = ["timestamp,trade_count,volume,avg_trade_size,return,volatility,score,prediction"]
+    for i in range(n):
+        ts = (datetime(2024, 8, 8, tzinfo=UTC) + timedelta(seconds=int(t[i]))).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+        rows.append(
+            f"{ts},{rng.integers(1, 900)},{rng.random():.6f},{rng.random() / 100:.8f},{float(ret[i])!r},{float(vol[i])!r},{score[i]},{pred[i]}"
+        )
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_prototype_numbers_are_reproduced_exactly(tmp_path):
+    csv = tmp_path / "proto.csv"
+    write_prototype_csv(csv)
+    report = prototype_report(csv, 20_000, [("5m", 300_000), ("1m", 60_000)], "full", reps=50)
+    for label, k in (("5m", 15), ("1m", 3)):
+        ref = prototype_reference(csv, k)
+        for r in (r for r in report["rows"] if r["horizon"] == label):
+            want = ref[r["group"]]
+            assert r["metric"] == "abs_return_sum"
+            assert (r["n"], r["mean"], r["median"]) == (want["n"], want["mean"], want["median"])
+            assert (r["ratio_median"], r["p_mannwhitney"]) == (want["ratio_median"], want["p"])
+            assert r["ratio_mean"] == pytest.approx(want["ratio_mean"], rel=1e-14)
+    assert report["parameters"]["baseline_lookahead"] is True
+
+
+def test_prototype_csv_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,trade_count,volume\n2024-01-01,1,2\n")
+    with pytest.raises(
+        DataError,
+        match=r"bad\.csv lacks the prototype's columns avg_trade_size, return, volatility, score, prediction",
+    ):
+        prototype_report(bad, 20_000, [("1m", 60_000)], "full", 10)
+    with pytest.raises(DataError, match=r"missing\.csv does not exist"):
+        prototype_report(tmp_path / "missing.csv", 20_000, [("1m", 60_000)], "full", 10)
