@@ -39,8 +39,24 @@ def build(work: Path, days: int, rate: int) -> Path:
 
 def run_windows(store: Path, days: int) -> tuple[float, float]:
     end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((T0 + days * 86_400_000) / 1000))
-    cmd = [sys.executable, "-m", "engine.cli", "windows", "--data-dir", str(store), "--symbol", "simusdt",
-           "--every", "20s", "--start", "2025-01-01", "--end", end, "--output", str(store.parent / "w.parquet")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "windows",
+        "--data-dir",
+        str(store),
+        "--symbol",
+        "simusdt",
+        "--every",
+        "20s",
+        "--start",
+        "2025-01-01",
+        "--end",
+        end,
+        "--output",
+        str(store.parent / "w.parquet"),
+    ]
     t = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t
@@ -49,7 +65,9 @@ def run_windows(store: Path, days: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--rate", type=int, default=4_000_000, help="trades per day")
     ap.add_argument("--work", type=Path, default=Path("/tmp/tapewatch-bench"))
@@ -58,26 +76,32 @@ def main() -> None:
     args = ap.parse_args()
     t = time.perf_counter()
     store = build(args.work, args.days, args.rate)
-    print(f"store: {args.days} days x {args.rate:,} trades/day ready in {time.perf_counter() - t:.0f} s")
+    print(
+        f"store: {args.days} days x {args.rate:,} trades/day ready in {time.perf_counter() - t:.0f} s"
+    )
     for days in sorted({1, args.days}):
         wall, rss = run_windows(store, days)
         n = days * args.rate
-        print(f"windows 20s, {days:>3} days ({n / 1e6:.0f} M trades): {wall:6.2f} s whole process, "
-              f"{n / wall / 1e6:.1f} M trades/s, peak RSS so far {rss:.0f} MB")
+        print(
+            f"windows 20s, {days:>3} days ({n / 1e6:.0f} M trades): {wall:6.2f} s whole process, "
+            f"{n / wall / 1e6:.1f} M trades/s, peak RSS so far {rss:.0f} MB"
+        )
 
     import polars as pl
 
     from engine.model import ModelParams, walk_forward
 
-    w = pl.read_parquet(args.work / "store-{}".format(args.rate) / ".." / "w.parquet")
+    w = pl.read_parquet(args.work / f"store-{args.rate}" / ".." / "w.parquet")
     w = pl.concat([w] * (-(-args.model_windows // w.height)))[: args.model_windows]
     refits = (args.model_windows - 500) // 100
     t = time.perf_counter()
     walk_forward(w, ModelParams(), jobs=args.jobs)
     secs = time.perf_counter() - t
     rate = refits / secs
-    print(f"walk-forward (scikit-learn, {args.jobs} jobs): {refits} refits in {secs:.1f} s = {rate:.0f} refits/s; "
-          f"a year of 20 s windows ({(YEAR_WINDOWS - 500) // 100} refits) ~ {(YEAR_WINDOWS - 500) // 100 / rate:.0f} s")
+    print(
+        f"walk-forward (scikit-learn, {args.jobs} jobs): {refits} refits in {secs:.1f} s = {rate:.0f} refits/s; "
+        f"a year of 20 s windows ({(YEAR_WINDOWS - 500) // 100} refits) ~ {(YEAR_WINDOWS - 500) // 100 / rate:.0f} s"
+    )
 
 
 if __name__ == "__main__":

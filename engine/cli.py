@@ -325,6 +325,89 @@ def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
 
 
 @main.command(context_settings=CONTEXT)
+@click.option(
+    "--data-dir",
+    envvar="TAPEWATCH_DATA_DIR",
+    default="./data",
+    type=click.Path(path_type=Path),
+    help="The store (env TAPEWATCH_DATA_DIR).",
+)
+@click.option("--symbol", default="BTCUSDT", help="Symbol, any case.")
+@click.option("--every", default=config.EVERY, help="Window size: 250ms, 20s, 5m, 1h.")
+@model_options
+@click.option(
+    "--grace",
+    default="2s",
+    help="Wait this long (exchange time) after a window ends, for late trades.",
+)
+@click.option("--poll", default=0.2, help="Seconds between looks at the store.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "ndjson"]),
+    default="table",
+    help="One line per window, for people or machines.",
+)
+@click.option(
+    "--on-anomaly", default=None, help="Command to run for a flagged window (window JSON on stdin)."
+)
+@click.option(
+    "--webhook", default=None, help="URL to POST a flagged window's JSON to (with retries)."
+)
+@click.option(
+    "--results",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Results file; default DATA_DIR/results/SYMBOL-EVERY-watch/scores.ndjson.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
+)
+@_errors
+def watch(
+    grace: str,
+    poll: float,
+    fmt: str,
+    on_anomaly: str | None,
+    webhook: str | None,
+    results: Path | None,
+    log_level: str,
+    **kw: Any,
+) -> None:
+    """Score each window as it closes, exactly as `engine score` would, and raise alerts.
+
+    Resumes after the last window it scored; stops cleanly on SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      engine watch --data-dir data --symbol btcusdt --every 20s --webhook http://localhost:9000/hook
+    """
+    import logging
+    import signal
+
+    from engine.watch import Watcher, WatchOptions
+    from recorder.sdnotify import Notifier
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    opts = WatchOptions(
+        grace_ms=parse_duration(grace),
+        poll=poll,
+        fmt=fmt,
+        on_anomaly=on_anomaly,
+        webhook=webhook,
+        results=results,
+    )
+    w = Watcher(settings(kw), opts, notifier=Notifier())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: w.stop_event.set())
+    w.run()
+
+
+@main.command(context_settings=CONTEXT)
 @click.argument("query", required=False)
 @click.option(
     "--data-dir",

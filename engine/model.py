@@ -11,13 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from engine.errors import InputError
 
-__all__ = ["DEFAULT_FEATURES", "ModelParams", "fit_score", "scoreable", "walk_forward"]
+__all__ = [
+    "DEFAULT_FEATURES",
+    "Fitted",
+    "ModelParams",
+    "fit",
+    "fit_score",
+    "scoreable",
+    "walk_forward",
+]
 
 from engine import config
 
@@ -63,11 +72,23 @@ def scoreable(windows: pl.DataFrame) -> pl.Expr:
     return (pl.col("trade_count") > 0) & ~pl.col("gap")
 
 
-def fit_score(
-    train: np.ndarray, score: np.ndarray, p: ModelParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """One refit: standardize on ``train``, fit the forest, return (decision, prediction)
-    for ``score``. Deterministic for a given seed, so batch and live agree."""
+@dataclass(frozen=True)
+class Fitted:
+    """One refit: the training set's scaling and the forest trained on it."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+    forest: Any
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(decision function, prediction -1/1) for rows of ``x``; each row's score does not
+        depend on the others, so one window at a time (live) equals a block (batch)."""
+        decision = self.forest.decision_function((x - self.mean) / self.sd)
+        return decision, np.where(decision < 0, -1, 1)
+
+
+def fit(train: np.ndarray, p: ModelParams) -> Fitted:
+    """Standardize on ``train`` and fit the forest; deterministic for a given seed."""
     from sklearn.ensemble import IsolationForest
 
     mean = train.mean(axis=0)
@@ -76,9 +97,14 @@ def fit_score(
     forest = IsolationForest(
         n_estimators=p.trees, contamination=p.contamination, random_state=p.seed
     ).fit((train - mean) / sd)
-    z = (score - mean) / sd
-    decision = forest.decision_function(z)
-    return decision, np.where(decision < 0, -1, 1)
+    return Fitted(mean, sd, forest)
+
+
+def fit_score(
+    train: np.ndarray, score: np.ndarray, p: ModelParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """One refit: fit on ``train`` (batch path), return (decision, prediction) for ``score``."""
+    return fit(train, p).score(score)
 
 
 def _batch(x: np.ndarray, offset: int, refits: Sequence[tuple[int, int, int, int]], p: ModelParams):

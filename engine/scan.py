@@ -16,7 +16,7 @@ import polars as pl
 
 from engine.errors import DataError
 from recorder import layout
-from recorder.store import read_gaps, read_ndjson
+from recorder.store import parse_ndjson, read_gaps, read_ndjson
 
 __all__ = ["COLUMNS", "DAY_MS", "StoreIndex", "open_store"]
 
@@ -33,6 +33,47 @@ _EMPTY = pl.DataFrame(
 )
 
 
+class TailCache:
+    """Parsed NDJSON files kept between reads, so a follower of the open hour parses only
+    the lines appended since its last look. A file that was replaced or shrank is reread; a
+    last line without its newline is left for the next look."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[int, int, int, pl.DataFrame]] = {}
+        self.recv_offset_ms: int | None = None  # usual receive time minus trade time
+
+    def read(self, path: Path) -> pl.DataFrame:
+        st = path.stat()
+        inode, offset, lineno, table = self._files.get(path, (st.st_ino, 0, 1, _EMPTY))
+        if inode != st.st_ino or st.st_size < offset:
+            inode, offset, lineno, table = st.st_ino, 0, 1, _EMPTY
+        if st.st_size > offset:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(st.st_size - offset)
+            end = data.rfind(b"\n") + 1
+            if end:
+                fresh, bad = parse_ndjson(data[:end], path, lineno)
+                if bad:
+                    raise DataError(
+                        f"{path}: line {bad[0].lineno} is not a complete trade; "
+                        "run `recorder compact` to quarantine it (while no recorder runs)"
+                    )
+                if fresh.height:
+                    lag = (fresh["recv_time"] - fresh["trade_time"]).dt.total_milliseconds()
+                    self.recv_offset_ms = int(lag.median())  # type: ignore[arg-type]
+                table = pl.concat([table, fresh.select(COLUMNS)])
+                offset += end
+                lineno += data[:end].count(b"\n")
+        self._files[path] = (inode, offset, lineno, table)
+        return table
+
+    def forget_missing(self) -> None:
+        """Drop files that are gone (compacted): their trades are in Parquet now."""
+        for p in [p for p in self._files if not p.exists()]:
+            del self._files[p]
+
+
 @dataclass
 class StoreIndex:
     """The hour directories of one symbol, by hour index (hours since the epoch)."""
@@ -40,6 +81,7 @@ class StoreIndex:
     root: Path
     symbol: str
     hours: dict[int, Path]
+    tail: TailCache | None = None
 
     @property
     def first_hour(self) -> int:
@@ -59,17 +101,18 @@ class StoreIndex:
         mixed: list[pl.DataFrame] = []
         for hour in range(start_ms // layout.HOUR_MS, (end_ms - 1) // layout.HOUR_MS + 1):
             d = self.hours.get(hour)
+            if d is None and self.tail is not None:  # following a live store: hours appear
+                d = layout.hour_dir(self.root, self.symbol, hour)
+                if not d.is_dir():
+                    continue
+                self.hours[hour] = d
             if d is None:
                 continue
-            pq = d / layout.PARQUET
-            nd = sorted(d.glob("*.ndjson"))
-            if not nd:
-                if pq.exists():
-                    parquet.append(pq)
+            if not any(d.glob("*.ndjson")):
+                if (d / layout.PARQUET).exists():
+                    parquet.append(d / layout.PARQUET)
                 continue
-            frames = [_read_parquet([pq])] if pq.exists() else []
-            frames += [_read_ndjson(p) for p in nd]
-            mixed.append(pl.concat(frames).unique("trade_id", keep="first"))
+            mixed.append(self._mixed_hour(d))
         parts = ([_read_parquet(parquet)] if parquet else []) + mixed
         if not parts:
             return _EMPTY
@@ -80,6 +123,22 @@ class StoreIndex:
             .filter((pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi))
             .sort("trade_time", "trade_id")
         )
+
+    def _mixed_hour(self, d: Path) -> pl.DataFrame:
+        """An hour with NDJSON (open, or left by a crash), deduplicated. Compaction may
+        finish while we read (Parquet renamed in, NDJSON deleted): then read it again."""
+        for _ in range(5):
+            pq = d / layout.PARQUET
+            try:
+                frames = [_read_parquet([pq])] if pq.exists() else []
+                for path in sorted(d.glob("*.ndjson")):
+                    frames.append(self.tail.read(path) if self.tail else _read_ndjson(path))
+            except FileNotFoundError:
+                continue
+            if self.tail is not None:
+                self.tail.forget_missing()
+            return pl.concat(frames).unique("trade_id", keep="first") if frames else _EMPTY
+        raise DataError(f"{d} keeps changing while read; is a compaction stuck in a loop?")
 
 
 def _read_parquet(files: list[Path]) -> pl.DataFrame:

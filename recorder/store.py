@@ -70,7 +70,13 @@ def _valid_line(line: bytes) -> bool:
 def read_ndjson(path: Path) -> tuple[pl.DataFrame, list[BadLine]]:
     """Typed trade rows of one NDJSON hour file, plus the lines that do not parse (a torn
     last line after a crash, or corruption), which the caller quarantines."""
-    data = path.read_bytes()
+    return parse_ndjson(path.read_bytes(), path)
+
+
+def parse_ndjson(
+    data: bytes, path: Path, first_lineno: int = 1
+) -> tuple[pl.DataFrame, list[BadLine]]:
+    """Like ``read_ndjson`` for bytes already read (line numbers start at ``first_lineno``)."""
     if data.strip():
         try:
             lines = pl.read_ndjson(io.BytesIO(data), schema=LINE_SCHEMA)
@@ -81,7 +87,7 @@ def read_ndjson(path: Path) -> tuple[pl.DataFrame, list[BadLine]]:
             pass
     good: list[bytes] = []
     bad: list[BadLine] = []
-    for i, line in enumerate(data.split(b"\n"), 1):
+    for i, line in enumerate(data.split(b"\n"), first_lineno):
         if not line.strip():
             continue
         if _valid_line(line):

@@ -10,11 +10,14 @@
 SET VARIABLE _tw_scores = (
     SELECT count(*) > 0 FROM glob(getvariable('data_dir') || '/results/*/scores.parquet')
 );
+SET VARIABLE _tw_watch = (
+    SELECT count(*) > 0 FROM glob(getvariable('data_dir') || '/results/*/scores.ndjson')
+);
 SET VARIABLE _tw_windows = (
     SELECT count(*) > 0 FROM glob(getvariable('data_dir') || '/results/*/windows.parquet')
 );
 
-CREATE OR REPLACE VIEW scores AS
+CREATE OR REPLACE TEMP VIEW _tw_batch_scores AS
 SELECT * FROM query(CASE WHEN getvariable('_tw_scores') THEN
     'SELECT regexp_extract(filename, ''results/([^/]+)/scores'', 1) AS run, * EXCLUDE (filename)
      FROM read_parquet(getvariable(''data_dir'') || ''/results/*/scores.parquet'',
@@ -23,6 +26,22 @@ ELSE
     'SELECT NULL::VARCHAR AS run, NULL::TIMESTAMPTZ AS window_start, NULL::DOUBLE AS score,
             NULL::TINYINT AS prediction WHERE false'
 END);
+
+-- engine watch appends one JSON line per window (results/<SYMBOL>-<every>-watch/scores.ndjson).
+CREATE OR REPLACE TEMP VIEW _tw_watch_scores AS
+SELECT * FROM query(CASE WHEN getvariable('_tw_watch') THEN
+    'SELECT regexp_extract(filename, ''results/([^/]+)/scores'', 1) AS run,
+            make_timestamp(window_start_ms * 1000) AT TIME ZONE ''UTC'' AS window_start,
+            * EXCLUDE (filename, window_start, window_start_ms)
+     FROM read_json(getvariable(''data_dir'') || ''/results/*/scores.ndjson'',
+                    format = ''newline_delimited'', filename = true, union_by_name = true,
+                    ignore_errors = true)'
+ELSE
+    'SELECT NULL::VARCHAR AS run, NULL::TIMESTAMPTZ AS window_start WHERE false'
+END);
+
+CREATE OR REPLACE VIEW scores AS
+SELECT * FROM _tw_batch_scores UNION ALL BY NAME SELECT * FROM _tw_watch_scores;
 
 CREATE OR REPLACE VIEW windows AS
 SELECT * FROM query(CASE WHEN getvariable('_tw_windows') THEN
