@@ -161,6 +161,13 @@ def run(
     windows = load_windows(s, progress)
     scored = score_windows(s, windows, progress)
     report = horizon_report(s, scored)
+    from engine.simulate import truth_path
+
+    truth = truth_path(s.data_dir, s.symbol)
+    if truth.exists():  # a simulated symbol: score the detector against the ground truth
+        from engine.detection import evaluate
+
+        report["detection"] = evaluate(scored, orjson.loads(truth.read_bytes()))
     report["seconds"] = round(time.monotonic() - t0, 3)
     out.mkdir(parents=True, exist_ok=True)
     windows.write_parquet(out / "windows.parquet")

@@ -271,5 +271,130 @@ def status(data_dir: Path, fmt: str) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
+def _bar(label: str):
+    """A progress bar on stderr when it is a terminal; otherwise nothing."""
+    if not sys.stderr.isatty():
+        return None, lambda done, total: None
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+@main.command("import-archive", context_settings=CONTEXT)
+@_data_dir_option
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--symbol", default=None, help="Symbol of the files; default: from the file names.")
+@_errors
+def import_archive(data_dir: Path, files: tuple[Path, ...], symbol: str | None) -> None:
+    """Import Binance archive zips (daily or monthly trades) into the store.
+
+    Trades already stored are not duplicated; a file that does not parse imports nothing.
+
+    \b
+    Example:
+      recorder import-archive --data-dir data BTCUSDT-trades-2024-08-08.zip
+    """
+    from recorder.archive import import_archives
+
+    if symbol is not None:
+        symbol = parse_symbols(symbol)[0]
+    bar, progress = _bar("import")
+    with bar or _nullcontext():
+        r = import_archives(data_dir, list(files), symbol, progress)
+    rate = r.rows / r.seconds if r.seconds else 0
+    click.echo(
+        f"imported {r.files} files: {r.rows} trades read, {r.new_rows} new, "
+        f"{r.hours} hour files written ({rate:,.0f} trades/s)"
+    )
+
+
+@main.command("fetch-archive", context_settings=CONTEXT)
+@_data_dir_option
+@click.option("--symbol", required=True, help="Symbol, any case.")
+@click.option(
+    "--start",
+    "start_day",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="First day (UTC).",
+)
+@click.option(
+    "--end",
+    "end_day",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Last day (UTC), inclusive.",
+)
+@click.option("--base-url", default="https://data.binance.vision", help="Archive host.")
+@_errors
+def fetch_archive(data_dir: Path, symbol: str, start_day, end_day, base_url: str) -> None:
+    """Download daily trade archives, verify their sha256, and import them.
+
+    Downloads resume where they stopped; a day not published yet is reported, not fatal.
+
+    \b
+    Example:
+      recorder fetch-archive --data-dir data --symbol btcusdt --start 2024-08-01 --end 2024-08-31
+    """
+    from recorder.archive import fetch_archives
+
+    sym = parse_symbols(symbol)[0]
+    if end_day < start_day:
+        raise ConfigError("--end is before --start")
+    bar, progress = _bar("import")
+    with bar or _nullcontext():
+        r = fetch_archives(data_dir, sym, start_day.date(), end_day.date(), base_url, progress)
+    for name in r.not_published:
+        click.echo(f"not published yet: {name}", err=True)
+    i = r.imported
+    click.echo(
+        f"{len(r.downloaded)} downloaded, {len(r.cached)} already here, "
+        f"{len(r.not_published)} not published; "
+        f"imported {i.rows} trades ({i.new_rows} new) into {i.hours} hour files"
+    )
+
+
+@main.command(context_settings=CONTEXT)
+@_data_dir_option
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@_errors
+def replay(data_dir: Path, files: tuple[Path, ...]) -> None:
+    """Store captured stream frames (one combined-stream frame per line, .gz allowed) through
+    the recorder's own writer and compaction.
+
+    \b
+    Example:
+      recorder replay --data-dir data capture.jsonl.gz
+    """
+    from recorder.archive import replay_frames
+
+    r = replay_frames(data_dir, list(files))
+    click.echo(f"replayed {r.rows} trades from {r.files} files; {r.hours} hours compacted")
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ from recorder.schema import SOURCE_RANK
 from recorder.store import BadLine, hour_ndjson, read_hour
 from recorder.writer import fsync_dir
 
-__all__ = ["CompactResult", "closed_hours", "compact_hour"]
+__all__ = ["CompactResult", "closed_hours", "compact_hour", "merge_rows", "write_parquet_atomic"]
 
 
 @dataclass(slots=True)
@@ -65,28 +65,42 @@ def compact_hour(root: Path, hour_dir: Path, include_active: bool = True) -> Com
     ndjson = hour_ndjson(hour_dir, include_active)
     table, bad = read_hour(hour_dir, include_active)
     _quarantine(root, bad)
-    rank = pl.col("source").replace_strict(SOURCE_RANK, default=9, return_dtype=pl.Int8)
-    table = table.sort([pl.col("trade_id"), rank], maintain_order=True).unique(
-        subset="trade_id", keep="first", maintain_order=True
-    )
+    table = merge_rows(table)
     final = hour_dir / layout.PARQUET
-    tmp = hour_dir / f".{layout.PARQUET}.tmp-{os.getpid()}"
-    table.write_parquet(tmp, compression="zstd", compression_level=10, statistics=True)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fsync_dir(hour_dir)
-    back = pl.read_parquet(final)
-    if not back.equals(table):
-        raise CompactionError(
-            f"{final} did not read back as written; its NDJSON files were kept. "
-            "Check the disk, then run `recorder compact` again"
-        )
+    write_parquet_atomic(table, final)
     for path in ndjson:
         path.unlink()
     if ndjson:
         fsync_dir(hour_dir)
     return CompactResult(hour_dir, table.height, len(ndjson), len(bad))
+
+
+def merge_rows(table: pl.DataFrame) -> pl.DataFrame:
+    """One row per trade id (the richest source: stream, then REST, then archive; among equals
+    the first), sorted by trade id."""
+    rank = pl.col("source").replace_strict(SOURCE_RANK, default=9, return_dtype=pl.Int8)
+    return table.sort([pl.col("trade_id"), rank], maintain_order=True).unique(
+        subset="trade_id", keep="first", maintain_order=True
+    )
+
+
+def write_parquet_atomic(table: pl.DataFrame, final: Path, staging: Path | None = None) -> None:
+    """Write ``table`` as ``final``: temporary name, fsync, rename, fsync the directory, then
+    read it back and compare. With ``staging``, the file is written there instead and only
+    verified; the caller renames it into place later (all-or-nothing imports)."""
+    target = staging or final
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    table.write_parquet(tmp, compression="zstd", compression_level=10, statistics=True)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+    if not pl.read_parquet(target).equals(table):
+        raise CompactionError(
+            f"{target} did not read back as written; what it replaces was kept. "
+            "Check the disk, then run the command again"
+        )
 
 
 def closed_hours(root: Path, now_ms: int, grace_ms: int) -> list[Path]:

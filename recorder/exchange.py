@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +21,16 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from recorder.errors import RestUnavailable
 
-__all__ = ["RateLimited", "RestBudget", "fetch_trades", "open_stream", "rest_ping"]
+__all__ = [
+    "NotPublished",
+    "RateLimited",
+    "RestBudget",
+    "download",
+    "fetch_text",
+    "fetch_trades",
+    "open_stream",
+    "rest_ping",
+]
 
 HISTORICAL_TRADES_WEIGHT = 25
 # Frames are small; anything larger than this is not a trade frame.
@@ -115,3 +125,43 @@ async def fetch_trades(
 async def rest_ping(rest_url: str, timeout: float) -> None:
     """Check that the REST host answers (weight 1); RestUnavailable if not."""
     await asyncio.to_thread(_get, f"{rest_url.rstrip('/')}/api/v3/ping", timeout)
+
+
+class NotPublished(RestUnavailable):
+    """HTTP 404 for an archive file: Binance has not published it (yet)."""
+
+
+def download(url: str, dest: Path, timeout: float = 30.0) -> None:
+    """Download ``url`` to ``dest``, resuming a partial ``dest`` with an HTTP Range request."""
+    have = dest.stat().st_size if dest.exists() else 0
+    headers = {"User-Agent": "tapewatch-recorder"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            mode = "ab" if resp.status == 206 else "wb"
+            with open(dest, mode) as f:
+                while chunk := resp.read(1 << 20):
+                    f.write(chunk)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # nothing left to fetch: the partial file is complete
+            return
+        if e.code == 404:
+            raise NotPublished(f"{url} is not published") from None
+        raise RestUnavailable(f"{url} answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise RestUnavailable(f"{url} unreachable: {getattr(e, 'reason', e)}") from None
+
+
+def fetch_text(url: str, timeout: float = 30.0) -> str:
+    """A small text file (a .CHECKSUM); NotPublished on 404."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.read().decode()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise NotPublished(f"{url} is not published") from None
+        raise RestUnavailable(f"{url} answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise RestUnavailable(f"{url} unreachable: {getattr(e, 'reason', e)}") from None

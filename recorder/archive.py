@@ -1,0 +1,399 @@
+"""Binance's public trade archive (data.binance.vision) into the store.
+
+A daily or monthly zip holds one CSV without a header row::
+
+    3735683259,61837.63000000,0.02000000,1236.75260000,1723161255342,True,True
+
+``id, price, qty, quote_qty, time, is_buyer_maker, is_best_match``; ``time`` is UTC
+milliseconds up to 2024-12-31 and microseconds from 2025-01-01 (detected per row). Rows become
+the same Parquet hour files and columns the recorder writes (``source = "archive"``), merged
+with what is already stored, so nothing is duplicated. The zip is read in blocks, so memory is
+bounded by a block and one hour, whatever the file's size. An import is all or nothing: new
+hour files are staged beside the store and renamed into place only after every file parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from recorder import layout
+from recorder.compact import merge_rows, write_parquet_atomic
+from recorder.errors import RecorderError
+from recorder.schema import PARQUET_SCHEMA
+from recorder.store import StoreLock, init_store
+from recorder.writer import fsync_dir
+
+__all__ = [
+    "ArchiveError",
+    "FetchResult",
+    "ImportResult",
+    "fetch_archives",
+    "import_archives",
+    "symbol_of",
+]
+
+DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
+BLOCK = 32 << 20
+_NAME = re.compile(r"^([A-Z0-9]+)-(trades|aggTrades)-(\d{4}-\d{2}(?:-\d{2})?)\.zip$")
+_CSV_COLUMNS = ["id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match"]
+_CSV_SCHEMA = {
+    "id": pl.Int64,
+    "price": pl.String,
+    "qty": pl.String,
+    "quote_qty": pl.String,
+    "time": pl.Int64,
+    "is_buyer_maker": pl.String,
+    "is_best_match": pl.String,
+}
+_US_FROM = 10**14  # a time this large is microseconds (ms would be the year 5138)
+
+
+class ArchiveError(RecorderError):
+    """A file that cannot be imported; the message names it (and the line)."""
+
+
+@dataclass
+class ImportResult:
+    files: int = 0
+    rows: int = 0
+    new_rows: int = 0
+    hours: int = 0
+    seconds: float = 0.0
+
+
+def symbol_of(path: Path) -> str:
+    """``BTCUSDT-trades-2024-08-08.zip`` -> ``BTCUSDT``; ArchiveError for other names."""
+    m = _NAME.match(path.name)
+    if not m:
+        raise ArchiveError(
+            f"{path.name} is not named like a Binance archive (BTCUSDT-trades-2024-08-08.zip); "
+            "rename it or pass --symbol"
+        )
+    if m.group(2) == "aggTrades":
+        raise ArchiveError(
+            f"{path.name} is an aggTrades archive: aggregated trades are not trades; "
+            "import the trades archive of the same day"
+        )
+    return m.group(1)
+
+
+def _blocks(path: Path) -> Iterator[tuple[int, bytes, int, int]]:
+    """(first line number, whole lines, bytes read so far, total bytes) of the zip's CSV."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ArchiveError(f"{path} is not a readable zip file ({e}); download it again") from None
+    with zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        if len(names) != 1:
+            raise ArchiveError(f"{path} holds {len(names)} files; a Binance archive holds one CSV")
+        info = zf.getinfo(names[0])
+        line, done, rest = 1, 0, b""
+        try:
+            with zf.open(info) as f:
+                while chunk := f.read(BLOCK):
+                    done += len(chunk)
+                    data = rest + chunk
+                    cut = data.rfind(b"\n") + 1
+                    if cut:
+                        yield line, data[:cut], done, info.file_size
+                        line += data[:cut].count(b"\n")
+                    rest = data[cut:]
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise ArchiveError(f"{path} is truncated or corrupt ({e}); download it again") from None
+        if rest.strip():
+            yield line, rest + b"\n", done, info.file_size
+
+
+def _parse(path: Path, first_line: int, data: bytes) -> pl.DataFrame:
+    try:
+        raw = pl.read_csv(
+            io.BytesIO(data),
+            has_header=False,
+            new_columns=_CSV_COLUMNS,
+            schema_overrides=_CSV_SCHEMA,
+        )
+        if raw.width != len(_CSV_COLUMNS):
+            raise ValueError("wrong number of columns")
+        table = _typed(raw)
+        required = ["trade_id", "price", "qty", "trade_time", "is_buyer_maker", "is_best_match"]
+        if table.select(pl.col(required).is_null().any()).row(0) != (False,) * len(required):
+            raise ValueError("a value is missing or not a number")
+        return table
+    except Exception:
+        for i, text in enumerate(data.split(b"\n")):
+            if text.strip() and not _line_ok(text):
+                shown = text[:80].decode("utf-8", "replace")
+                raise ArchiveError(
+                    f"{path} line {first_line + i}: cannot parse {shown!r} "
+                    "(expected id,price,qty,quote_qty,time,is_buyer_maker,is_best_match); "
+                    "nothing was imported"
+                ) from None
+        raise ArchiveError(
+            f"{path} near line {first_line}: cannot parse the CSV; nothing was imported"
+        ) from None
+
+
+def _line_ok(text: bytes) -> bool:
+    parts = text.decode("utf-8", "replace").strip().split(",")
+    if len(parts) != 7 or parts[5] not in ("True", "False") or parts[6] not in ("True", "False"):
+        return False
+    try:
+        int(parts[0]), int(parts[4])
+        return all(float(x) >= 0 for x in parts[1:4])
+    except ValueError:
+        return False
+
+
+def _bool(col: str) -> pl.Expr:
+    return pl.col(col).replace_strict(
+        {"True": True, "False": False}, default=None, return_dtype=pl.Boolean
+    )
+
+
+def _inexact(col: str) -> pl.Expr:
+    """More than 15 significant digits: a float64 cannot hold the value exactly."""
+    digits = pl.col(col).str.replace(".", "", literal=True).str.strip_chars("0").str.len_chars()
+    return digits > 15
+
+
+def _typed(raw: pl.DataFrame) -> pl.DataFrame:
+    t = pl.col("time")
+    us = pl.when(t >= _US_FROM).then(t).otherwise(t * 1000)
+    extra = (
+        pl.when(_inexact("price") | _inexact("qty"))
+        .then(pl.format('{{"price":"{}","qty":"{}"}}', pl.col("price"), pl.col("qty")))
+        .otherwise(None)
+    )
+    return raw.select(
+        trade_id=pl.col("id"),
+        price=pl.col("price").cast(pl.Float64, strict=False),
+        qty=pl.col("qty").cast(pl.Float64, strict=False),
+        quote_qty=pl.col("quote_qty").cast(pl.Float64, strict=False),
+        trade_time=us.cast(pl.Datetime("us", "UTC")),
+        is_buyer_maker=_bool("is_buyer_maker"),
+        is_best_match=_bool("is_best_match"),
+        event_time=pl.lit(None, pl.Datetime("us", "UTC")),
+        buyer_order_id=pl.lit(None, pl.Int64),
+        seller_order_id=pl.lit(None, pl.Int64),
+        recv_time=pl.lit(None, pl.Datetime("us", "UTC")),
+        source=pl.lit("archive"),
+        event_type=pl.lit(None, pl.String),
+        extra=extra,
+    ).select(list(PARQUET_SCHEMA))
+
+
+class _Stager:
+    """New hour files, written beside the store and renamed in at the end."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.dir = root / f".import-{os.getpid()}"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.hours: dict[tuple[str, int], Path] = {}
+        self.new_rows = 0
+
+    def add(self, symbol: str, hour: int, rows: pl.DataFrame) -> None:
+        final = layout.hour_dir(self.root, symbol, hour) / layout.PARQUET
+        staged = self.dir / final.relative_to(self.root)
+        base = staged if staged.exists() else final if final.exists() else None
+        old = pl.read_parquet(base) if base is not None else pl.DataFrame(schema=PARQUET_SCHEMA)
+        merged = merge_rows(pl.concat([old, rows]))
+        self.new_rows += merged.height - old.height
+        if merged.height == old.height and base is final:
+            return  # everything already stored: leave the file alone
+        write_parquet_atomic(merged, final, staging=staged)
+        self.hours[(symbol, hour)] = staged
+
+    def commit(self) -> int:
+        for (symbol, hour), staged in sorted(self.hours.items()):
+            final = layout.hour_dir(self.root, symbol, hour) / layout.PARQUET
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+            fsync_dir(final.parent)
+        self.abort()
+        return len(self.hours)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def import_archives(
+    root: Path,
+    files: list[Path],
+    symbol: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Import archive zips into the store at ``root`` (all or nothing)."""
+    t0 = time.monotonic()
+    init_store(root)
+    res = ImportResult()
+    with StoreLock(root):
+        stager = _Stager(root)
+        try:
+            for path in files:
+                sym = (symbol or symbol_of(path)).upper()
+                pending: pl.DataFrame | None = None
+                for line, data, done, total in _blocks(path):
+                    rows = _parse(path, line, data)
+                    res.rows += rows.height
+                    if pending is not None:
+                        rows = pl.concat([pending, rows])
+                    hours = rows.with_columns(
+                        _h=pl.col("trade_time").dt.epoch("ms") // layout.HOUR_MS
+                    )
+                    last = hours["_h"].max()
+                    for (h,), part in hours.filter(pl.col("_h") < last).group_by("_h"):
+                        stager.add(sym, int(h), part.drop("_h"))
+                    pending = hours.filter(pl.col("_h") == last).drop("_h")
+                    if progress:
+                        progress(done, total)
+                if pending is not None and pending.height:
+                    stager.add(
+                        sym,
+                        int(pending["trade_time"][0].timestamp() * 1000) // layout.HOUR_MS,
+                        pending,
+                    )
+                res.files += 1
+        except BaseException:
+            stager.abort()
+            raise
+        res.new_rows = stager.new_rows
+        res.hours = stager.commit()
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+@dataclass
+class FetchResult:
+    downloaded: list[Path]
+    cached: list[Path]
+    not_published: list[str]
+    imported: ImportResult
+
+
+def fetch_archives(
+    root: Path,
+    symbol: str,
+    start: date,
+    end: date,
+    base_url: str = DEFAULT_ARCHIVE_URL,
+    progress: Callable[[int, int], None] | None = None,
+) -> FetchResult:
+    """Download the daily trade zips of ``symbol`` from ``start`` to ``end`` (inclusive),
+    verify each against its .CHECKSUM (sha256), and import them. Downloads resume; a day
+    that is not published yet is reported, not fatal; a bad checksum deletes the download."""
+    from recorder import exchange
+
+    sym = symbol.upper()
+    cache = root / "archive" / sym
+    cache.mkdir(parents=True, exist_ok=True)
+    res = FetchResult([], [], [], ImportResult())
+    ready: list[Path] = []
+    day = start
+    while day <= end:
+        name = f"{sym}-trades-{day.isoformat()}.zip"
+        url = f"{base_url.rstrip('/')}/data/spot/daily/trades/{sym}/{name}"
+        day += timedelta(days=1)
+        try:
+            want = exchange.fetch_text(url + ".CHECKSUM").split()[0].lower()
+        except exchange.NotPublished:
+            res.not_published.append(name)
+            continue
+        except exchange.RestUnavailable as e:
+            raise ArchiveError(f"{e}; check --base-url and the network, then run again") from None
+        zip_path = cache / name
+        if zip_path.exists() and _sha256(zip_path) == want:
+            res.cached.append(zip_path)
+            ready.append(zip_path)
+            continue
+        part = cache / (name + ".part")
+        try:
+            exchange.download(url, part)
+        except exchange.NotPublished:
+            res.not_published.append(name)
+            continue
+        except exchange.RestUnavailable as e:
+            raise ArchiveError(f"{e}; run again to resume the download") from None
+        got = _sha256(part)
+        if got != want:
+            part.unlink()
+            raise ArchiveError(
+                f"{name}: checksum mismatch (expected {want}, got {got}); "
+                "the download was deleted and nothing was imported; run again"
+            )
+        os.replace(part, zip_path)
+        res.downloaded.append(zip_path)
+        ready.append(zip_path)
+    if ready:
+        res.imported = import_archives(root, ready, sym, progress)
+    return res
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def replay_frames(root: Path, files: list[Path]) -> ImportResult:
+    """Store captured combined-stream frames (one per line, optionally gzipped) through the
+    recorder's own decoder, writer and compaction, as if they had just been received."""
+    import gzip
+
+    from recorder.compact import closed_hours, compact_hour
+    from recorder.frames import Kind, decode_frame
+    from recorder.writer import StoreWriter
+
+    t0 = time.monotonic()
+    init_store(root)
+    res = ImportResult()
+    with StoreLock(root):
+        w = StoreWriter(root)
+        try:
+            for path in files:
+                opener = gzip.open if path.suffix == ".gz" else open
+                try:
+                    with opener(path, "rb") as f:
+                        lines = f.read().splitlines()
+                except (OSError, EOFError) as e:
+                    raise ArchiveError(f"{path} cannot be read ({e})") from None
+                batch = []
+                for i, raw in enumerate(lines, 1):
+                    fr = decode_frame(raw, time.time_ns() // 1000, frozenset({_frame_symbol(raw)}))
+                    if fr.kind is not Kind.TRADE:
+                        raise ArchiveError(
+                            f"{path} line {i}: not a trade frame ({fr.reason or fr.kind.value})"
+                        )
+                    batch.append((fr.symbol, layout.hour_of(fr.trade_time), fr.line))
+                w.append(batch)
+                res.rows += len(batch)
+                res.files += 1
+        finally:
+            w.close()
+        for d in closed_hours(root, int(time.time() * 1000), 0):
+            r = compact_hour(root, d)
+            res.hours += 1
+            res.new_rows += r.rows
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def _frame_symbol(raw: bytes) -> str:
+    m = re.search(rb'"s":"([A-Z0-9]+)"', raw)
+    return m.group(1).decode() if m else ""
