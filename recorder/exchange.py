@@ -141,9 +141,17 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> None:
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             mode = "ab" if resp.status == 206 else "wb"
+            expected = int(resp.headers.get("Content-Length") or -1)
+            got = 0
             with open(dest, mode) as f:
                 while chunk := resp.read(1 << 20):
                     f.write(chunk)
+                    got += len(chunk)
+            # A dropped connection can end the body early without an error: check the length.
+            if expected >= 0 and got < expected:
+                raise RestUnavailable(
+                    f"{url}: the connection dropped after {got} of {expected} bytes"
+                )
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # nothing left to fetch: the partial file is complete
             return
