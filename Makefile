@@ -56,3 +56,5 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python bench/recorder_flood.py --trades 500000
+	$(BIN)/python bench/engine_bench.py --days 30
+	$(BIN)/python bench/model_bench.py --days 3 --windows 30000

@@ -108,6 +108,12 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 help="Comma-separated window features.",
             ),
             click.option("--jobs", default=config.JOBS, help="Parallel refits (processes)."),
+            click.option(
+                "--backend",
+                type=click.Choice(["sklearn", "numpy"]),
+                default=config.BACKEND,
+                help="Isolation Forest: scikit-learn (reference) or numpy (faster, not bit-identical).",
+            ),
         ]
     ):
         fn = opt(fn)
@@ -151,6 +157,7 @@ def settings(kw: dict[str, Any]):
         contamination=kw.get("contamination", config.CONTAMINATION),
         trees=kw.get("trees", config.TREES),
         seed=kw.get("seed", config.SEED),
+        backend=kw.get("backend", config.BACKEND),
         features=tuple(
             f.strip() for f in kw.get("features", ",".join(config.FEATURES)).split(",") if f.strip()
         ),

@@ -14,4 +14,5 @@ TREES = 100
 SEED = 42
 FEATURES = ("trade_count", "volume", "avg_trade_size", "return", "volatility")
 JOBS = 2  # parallel refit processes
+BACKEND = "sklearn"  # Isolation Forest: "sklearn" (the reference) or "numpy" (faster)
 REPS = 1000  # bootstrap replicates

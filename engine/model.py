@@ -31,6 +31,7 @@ __all__ = [
 from engine import config
 
 DEFAULT_FEATURES = config.FEATURES
+BACKENDS = ("sklearn", "numpy")
 ALL_FEATURES = (
     "trade_count",
     "volume",
@@ -51,6 +52,7 @@ class ModelParams:
     trees: int = config.TREES
     seed: int = config.SEED
     features: tuple[str, ...] = DEFAULT_FEATURES
+    backend: str = config.BACKEND
 
     def __post_init__(self) -> None:
         bad = [f for f in self.features if f not in ALL_FEATURES]
@@ -60,6 +62,8 @@ class ModelParams:
             raise InputError("--buffer must be at least 2, --retrain-every and --trees at least 1")
         if not 0 < self.contamination <= 0.5:
             raise InputError("--contamination must be in (0, 0.5]")
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown backend {self.backend!r}; choose {' or '.join(BACKENDS)}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -88,16 +92,24 @@ class Fitted:
 
 
 def fit(train: np.ndarray, p: ModelParams) -> Fitted:
-    """Standardize on ``train`` and fit the forest; deterministic for a given seed."""
-    from sklearn.ensemble import IsolationForest
+    """Standardize on ``train`` and fit the forest; deterministic for a given seed.
 
+    ``sklearn`` is the reference; ``numpy`` (``engine/iforest.py``) is the same algorithm with
+    all trees built at once, several times faster, and not bit-identical."""
     mean = train.mean(axis=0)
     sd = train.std(axis=0)
     sd[sd == 0] = 1.0
+    z = (train - mean) / sd
+    if p.backend == "numpy":
+        from engine.iforest import ArrayForest
+
+        return Fitted(mean, sd, ArrayForest(p.trees, p.contamination, p.seed).fit(z))
+    from sklearn.ensemble import IsolationForest
+
     forest = IsolationForest(
         n_estimators=p.trees, contamination=p.contamination, random_state=p.seed
-    ).fit((train - mean) / sd)
-    return Fitted(mean, sd, forest)
+    )
+    return Fitted(mean, sd, forest.fit(z))
 
 
 def fit_score(

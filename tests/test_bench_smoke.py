@@ -22,3 +22,39 @@ def test_recorder_flood_smoke():
     assert lines[0] == "recorder flood: 3000 trades over loopback, one symbol"
     assert re.fullmatch(r"  sustained into the store: [\d,]+ trades/s", lines[1])
     assert re.fullmatch(r"  peak RSS \(VmHWM\): [\d.]+ MB; max sampled RSS [\d.]+ MB", lines[2])
+
+
+def run_bench(*args: str) -> list[str]:
+    r = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def test_engine_bench_smoke(tmp_path):
+    lines = run_bench(
+        "bench/engine_bench.py",
+        "--days",
+        "2",
+        "--rate",
+        "20000",
+        "--model-windows",
+        "1200",
+        "--work",
+        str(tmp_path),
+        "--jobs",
+        "1",
+    )
+    assert lines[0].startswith("store: 2 days x 20,000 trades/day ready in ")
+    assert re.match(r"windows 20s,   1 days \(0 M trades\): +[\d.]+ s whole process", lines[1])
+    assert lines[-1].startswith("walk-forward (scikit-learn, 1 jobs): 7 refits in ")
+
+
+def test_model_bench_smoke():
+    lines = run_bench("bench/model_bench.py", "--days", "0.02", "--windows", "900")
+    assert (
+        lines[0] == "walk-forward, 900 windows of 20 s (4 refits, buffer 500, every 100, 100 trees)"
+    )
+    assert [ln.split()[0] for ln in lines[2:]] == ["scikit-learn", "scikit-learn,", "numpy"]
+    assert lines[2].split()[-2:] == ["1.0000", "1.0000"]  # the reference agrees with itself

@@ -99,3 +99,43 @@ def test_fit_score_handles_a_constant_feature():
     train = np.column_stack([np.ones(50), np.arange(50.0)])
     d, p = fit_score(train, train[:5], ModelParams(trees=10))
     assert d.shape == (5,) and set(p) <= {-1, 1}
+
+
+def test_numpy_backend_agrees_with_scikit_learn(windows):
+    """The faster backend is the same algorithm with other random draws: flags and score
+    ranks must agree closely with the scikit-learn reference (bench/model_bench.py measures
+    it at scale)."""
+    from dataclasses import replace
+
+    from scipy.stats import spearmanr
+
+    ref = walk_forward(windows, P, jobs=1)
+    fast = walk_forward(windows, replace(P, backend="numpy"), jobs=1)
+    ok = ref["score"].is_not_null()
+    assert (fast["score"].is_not_null() == ok).all()
+    same = (fast.filter(ok)["prediction"] == ref.filter(ok)["prediction"]).mean()
+    rho = spearmanr(fast.filter(ok)["score"], ref.filter(ok)["score"]).statistic
+    assert same >= 0.93 and rho >= 0.9, (same, rho)
+    assert walk_forward(windows, replace(P, backend="numpy"), jobs=2).equals(fast)
+
+
+def test_numpy_forest_path_lengths_by_hand():
+    from engine.iforest import ArrayForest, _c
+
+    # Two distinct rows: one split, two leaves of one row at depth 1: path 1, c(2) = 1.
+    f = ArrayForest(3, 0.1, 0).fit(np.array([[0.0], [1.0]]))
+    assert f.score_samples(np.array([[0.0], [1.0], [0.5]])).tolist() == [-0.5, -0.5, -0.5]
+    # All rows equal: no split, one leaf of n rows: path c(n), score -2^-1.
+    g = ArrayForest(2, 0.1, 0).fit(np.zeros((10, 2)))
+    assert g.score_samples(np.zeros((1, 2))).tolist() == [-0.5]
+    assert _c(np.array([1, 2, 256])).round(6).tolist() == [
+        0.0,
+        1.0,
+        round(2 * (np.log(255) + np.euler_gamma) - 2 * 255 / 256, 6),
+    ]
+    # An outlier isolates faster than the crowd.
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(size=(300, 3)), [[8.0, 8.0, 8.0]]])
+    h = ArrayForest(100, 0.05, 3).fit(x)
+    assert h.decision_function(x[-1:])[0] < h.decision_function(x[:1])[0]
+    assert h.decision_function(x[-1:])[0] < 0
