@@ -112,7 +112,7 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--backend",
                 type=click.Choice(["sklearn", "numpy"]),
                 default=config.BACKEND,
-                help="Isolation Forest: scikit-learn (reference) or numpy (faster, not bit-identical).",
+                help="Isolation Forest: sklearn (reference) or numpy (faster, not bit-identical).",
             ),
         ]
     ):

@@ -39,7 +39,7 @@ class ArrayForest:
 
     def fit(self, x: np.ndarray) -> ArrayForest:
         rng = np.random.default_rng(self.random_state)
-        n, d = x.shape
+        n = len(x)
         t = self.n_estimators
         psi = min(256, n)
         limit = int(np.ceil(np.log2(max(psi, 2))))
