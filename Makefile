@@ -58,3 +58,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/recorder_flood.py --trades 500000
 	$(BIN)/python bench/engine_bench.py --days 30
 	$(BIN)/python bench/model_bench.py --days 3 --windows 30000
+	$(BIN)/python bench/import_bench.py --trades 30000000

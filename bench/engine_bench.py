@@ -11,14 +11,15 @@ extrapolates to a year (1,576,800 windows, 15,763 refits) from the measured refi
 from __future__ import annotations
 
 import argparse
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+from _measure import run_measured  # noqa: E402
+
 T0 = 1_735_689_600_000  # 2025-01-01 UTC
 YEAR_WINDOWS = 365 * 86400 // 20
 
@@ -57,11 +58,7 @@ def run_windows(store: Path, days: int) -> tuple[float, float]:
         "--output",
         str(store.parent / "w.parquet"),
     ]
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    wall = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return wall, rss
+    return run_measured(cmd)
 
 
 def main() -> None:
@@ -84,7 +81,7 @@ def main() -> None:
         n = days * args.rate
         print(
             f"windows 20s, {days:>3} days ({n / 1e6:.0f} M trades): {wall:6.2f} s whole process, "
-            f"{n / wall / 1e6:.1f} M trades/s, peak RSS so far {rss:.0f} MB"
+            f"{n / wall / 1e6:.1f} M trades/s, peak RSS {rss:.0f} MB"
         )
 
     import polars as pl

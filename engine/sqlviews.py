@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from engine.errors import DataError, InputError
 
-__all__ = ["SQL_DIR", "connect", "interactive", "query_frame"]
+__all__ = ["SQL_DIR", "connect", "find_cli", "interactive", "query_frame"]
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 VIEW_FILES = ("views.sql", "windows.sql")
@@ -41,12 +42,19 @@ def query_frame(data_dir: Path, query: str):
         raise InputError("the query returned no rows to show (use SELECT ...)") from None
 
 
+def find_cli() -> str | None:
+    """The DuckDB CLI: on PATH, or beside this Python (the venv's ``duckdb-cli``)."""
+    here = os.path.dirname(sys.executable)
+    return shutil.which("duckdb", path=os.pathsep.join([here, os.environ.get("PATH", "")]))
+
+
 def interactive(data_dir: Path) -> None:
-    exe = shutil.which("duckdb")
+    """Replace this process with the DuckDB shell, the views loaded."""
+    exe = find_cli()
     if exe is None:
         raise DataError(
-            "the DuckDB CLI is not installed; get it from https://duckdb.org/docs/installation "
-            '(or run one query: engine sql "SELECT ...")'
+            "the DuckDB CLI is not installed; `pip install duckdb-cli` (or see "
+            'https://duckdb.org/docs/installation), or run one query: engine sql "SELECT ..."'
         )
     args = [exe, "-cmd", f"SET VARIABLE data_dir='{_quote(data_dir)}'"]
     for name in VIEW_FILES:

@@ -236,3 +236,13 @@ def test_import_rate_is_reported(tmp_path, trades):
     assert (
         pl.read_parquet(list((tmp_path / "d").glob("trades/symbol=*/**/*.parquet"))).height == 19904
     )
+
+
+def test_monthly_file_name_is_understood(tmp_path, trades):
+    z = make_zip(tmp_path / "BTCUSDT-trades-2024-08.zip", csv_rows(trades, "ms"))
+    r = import_archives(tmp_path / "d", [z])
+    assert (r.rows, r.new_rows, r.hours) == (19904, 19904, 2)
+    assert [
+        p.parent.parent.name
+        for p in sorted((tmp_path / "d").glob("trades/symbol=BTCUSDT/*/*/trades.parquet"))
+    ] == ["date=2024-08-08", "date=2024-08-09"]

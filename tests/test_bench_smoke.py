@@ -58,3 +58,11 @@ def test_model_bench_smoke():
     )
     assert [ln.split()[0] for ln in lines[2:]] == ["scikit-learn", "scikit-learn,", "numpy"]
     assert lines[2].split()[-2:] == ["1.0000", "1.0000"]  # the reference agrees with itself
+
+
+def test_import_bench_smoke():
+    (line,) = run_bench("bench/import_bench.py", "--trades", "20000")
+    assert re.match(
+        r"import-archive: 20,000 trades \(\d+ MB zip\) in [\d.]+ s = [\d,]+ trades/s, peak RSS \d+ MB, Parquet [\d.]+ bytes/trade",
+        line,
+    )

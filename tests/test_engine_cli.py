@@ -284,3 +284,51 @@ def test_help_is_fast_because_heavy_imports_are_lazy():
         [sys.executable, "-m", "engine.cli", "--help"], capture_output=True, text=True
     )
     assert r.returncode == 0 and "Example:" in r.stdout
+
+
+def test_stock_duckdb_cli_reads_the_views_as_the_readme_says(store, tmp_path):
+    from engine.sqlviews import SQL_DIR, find_cli
+
+    cli = find_cli()
+    assert cli, "duckdb-cli is a dependency: the DuckDB CLI should be installed"
+    for data_dir, want in (
+        (store, pl.read_parquet(list(store.glob("trades/symbol=*/**/*.parquet"))).height),
+        (tmp_path / "none", 0),
+    ):
+        r = subprocess.run(
+            [
+                cli,
+                "-csv",
+                "-cmd",
+                f"SET VARIABLE data_dir='{data_dir}'",
+                "-cmd",
+                f".read {SQL_DIR / 'views.sql'}",
+                "-c",
+                "SELECT count(*) AS n FROM trades",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (r.returncode, r.stdout) == (0, f"n\n{want}\n"), r.stderr
+
+
+def test_engine_sql_without_a_query_opens_the_shell(store):
+    r = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "sql", "--data-dir", str(store)],
+        input="SELECT count(*) AS n FROM windows;\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "│" in r.stdout and " n " in r.stdout  # the shell's box table from stdin
+
+
+def test_engine_sql_says_how_to_get_the_shell(store, monkeypatch):
+    import engine.sqlviews
+
+    monkeypatch.setattr(engine.sqlviews, "find_cli", lambda: None)
+    assert errors("sql", "--data-dir", str(store)) == (
+        'Error: the DuckDB CLI is not installed; `pip install duckdb-cli` (or see https://duckdb.org/docs/installation), or run one query: engine sql "SELECT ..."'
+    )

@@ -254,3 +254,34 @@ def test_backoff_is_capped_jittered_and_never_zero():
     assert all(30.0 <= d <= 60.0 for d in delays[7:])
     # A sustained outage: attempts in 5 minutes stay far below Binance's 300.
     assert sum(1 for t in __import__("itertools").accumulate(delays) if t <= 300) < 15
+
+
+def test_a_slow_disk_gives_backpressure_not_unbounded_memory(tmp_path, frames_2024):
+    """The writer thread stalls 30 ms per batch; the queue between socket and disk never
+    grows past its bound, and still every trade is stored once."""
+    import time as _time
+
+    from recorder.writer import StoreWriter
+
+    class SlowDisk(StoreWriter):
+        def append(self, batch):
+            _time.sleep(0.03)
+            super().append(batch)
+
+    frames = frames_2024[:4000]
+    peak = 0
+
+    async def watch_queue(rec):
+        async def sample():
+            nonlocal peak
+            while True:
+                peak = max(peak, rec._queue.qsize())
+                await asyncio.sleep(0.005)
+
+        rec.writer = SlowDisk(tmp_path)
+        asyncio.get_running_loop().create_task(sample())
+
+    with FakeBinance(frames, rate=8000) as fake:
+        asyncio.run(record(fast_config(tmp_path, fake, queue_max=100), fake, before=watch_queue))
+    assert 50 < peak <= 100
+    exactly_once(tmp_path, frames)
