@@ -21,6 +21,15 @@ from engine.errors import EngineError, InputError
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
+DATA_DIR_OPTION = click.option(
+    "--data-dir",
+    envvar="TAPEWATCH_DATA_DIR",
+    default="./data",
+    type=click.Path(path_type=Path),
+    help="The store (env TAPEWATCH_DATA_DIR).",
+)
+
+
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,13 +68,7 @@ def _progress():
 def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(
         [
-            click.option(
-                "--data-dir",
-                envvar="TAPEWATCH_DATA_DIR",
-                default="./data",
-                type=click.Path(path_type=Path),
-                help="The store (env TAPEWATCH_DATA_DIR).",
-            ),
+            DATA_DIR_OPTION,
             click.option("--symbol", default="BTCUSDT", help="Symbol, any case."),
             click.option("--every", default=config.EVERY, help="Window size: 250ms, 20s, 5m, 1h."),
             click.option(
@@ -364,13 +367,7 @@ def report(results: Path, output: Path | None) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option(
-    "--data-dir",
-    envvar="TAPEWATCH_DATA_DIR",
-    default="./data",
-    type=click.Path(path_type=Path),
-    help="The store (env TAPEWATCH_DATA_DIR).",
-)
+@DATA_DIR_OPTION
 @click.option("--symbol", default="SIMUSDT", help="Symbol to write the tape under.")
 @click.option("--days", default=3.0, help="Days of simulated trading.")
 @click.option("--seed", default=7, help="Random seed (same seed, same tape).")
@@ -425,13 +422,7 @@ def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option(
-    "--data-dir",
-    envvar="TAPEWATCH_DATA_DIR",
-    default="./data",
-    type=click.Path(path_type=Path),
-    help="The store (env TAPEWATCH_DATA_DIR).",
-)
+@DATA_DIR_OPTION
 @click.option("--symbol", default="BTCUSDT", help="Symbol, any case.")
 @click.option("--every", default=config.EVERY, help="Window size: 250ms, 20s, 5m, 1h.")
 @model_options
@@ -509,13 +500,7 @@ def watch(
 
 @main.command(context_settings=CONTEXT)
 @click.argument("query", required=False)
-@click.option(
-    "--data-dir",
-    envvar="TAPEWATCH_DATA_DIR",
-    default="./data",
-    type=click.Path(path_type=Path),
-    help="The store (env TAPEWATCH_DATA_DIR).",
-)
+@DATA_DIR_OPTION
 @output_options
 @_errors
 def sql(query: str | None, data_dir: Path, fmt: str, output: Path | None) -> None:
