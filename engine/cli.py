@@ -326,8 +326,9 @@ def run(
         d = report["detection"]
         click.echo(
             f"detection vs simulated truth (within {d['tolerance_s']:.0f} s): "
-            f"precision {_pct(d.get('precision'))}, "
-            f"recall {_pct(d.get('recall'))}, median lead {d.get('median_lead_s')} s"
+            f"precision {_pct(d.get('precision'))} (chance {_pct(d.get('precision_chance'))}), "
+            f"recall {_pct(d.get('recall'))} (chance {_pct(d.get('recall_chance'))}), "
+            f"median lead {d.get('median_lead_s')} s"
         )
     if with_report:
         from engine.report import write_report

@@ -5,6 +5,11 @@ Flagged windows closer than ``merge_ms`` are one detection episode. An event (re
 activity burst, price jump) is found when an episode starts within ``tolerance_ms`` of it;
 an episode is correct when it starts within ``tolerance_ms`` of some event. Lead time is the
 event's time minus the first matching episode's start (positive: the flag came first).
+
+Chance levels come with the scores, because a detector that fires often finds events by luck:
+``recall_chance`` is the recall of the same number of episodes placed uniformly at random
+(``1 - (1 - 2 tol / span) ** episodes``), ``precision_chance`` the share of the span lying within
+the tolerance of some event (what a randomly placed episode would score).
 """
 
 from __future__ import annotations
@@ -47,12 +52,22 @@ def evaluate(
         k["recall"] = k["found"] / k["events"]
         k["median_lead_s"] = float(np.median(k["lead_s"])) if k["lead_s"] else None
         del k["lead_s"]
+    span = max(1, hi - lo)
+    hit = min(1.0, 2 * tolerance_ms / span)
+    covered = 0
+    end = lo
+    for t in np.sort(et):  # length of the union of [t - tol, t + tol] within the span
+        a, b = max(lo, t - tolerance_ms, end), min(hi, t + tolerance_ms)
+        covered += max(0, b - a)
+        end = max(end, b)
     return {
         "tolerance_s": tolerance_ms / 1000,
         "episodes": len(starts),
         "events": len(events),
         "precision": correct / len(starts) if len(starts) else None,
+        "precision_chance": float(covered / span),
         "recall": sum(k["found"] for k in by_kind.values()) / len(events) if events else None,
+        "recall_chance": float(1 - (1 - hit) ** len(starts)),
         "median_lead_s": float(np.median(leads)) if leads else None,
         "by_kind": by_kind,
     }

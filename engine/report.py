@@ -136,8 +136,10 @@ def write_report(results: Path, out: Path | None = None) -> Path:
     if sim is not None:
         parts.append("<h2>Detection against the simulation's ground truth</h2>")
         parts.append(
-            f"<p>Tolerance {sim['tolerance_s']:.0f} s: precision {_fmt(sim.get('precision'))}, "
-            f"recall {_fmt(sim.get('recall'))}, median lead {_fmt(sim.get('median_lead_s'))} s "
+            f"<p>Tolerance {sim['tolerance_s']:.0f} s: precision {_fmt(sim.get('precision'))} "
+            f"(chance {_fmt(sim.get('precision_chance'))}), "
+            f"recall {_fmt(sim.get('recall'))} (chance {_fmt(sim.get('recall_chance'))}), "
+            f"median lead {_fmt(sim.get('median_lead_s'))} s "
             f"(positive: flagged before the event), {sim['episodes']} detection episodes, {sim['events']} events.</p>"
         )
         kinds = [{"kind": k, **v} for k, v in sim.get("by_kind", {}).items()]

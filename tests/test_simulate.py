@@ -91,6 +91,10 @@ def test_detection_scores_by_hand():
     assert (r["episodes"], r["events"]) == (3, 3)
     assert r["precision"] == pytest.approx(2 / 3)
     assert r["recall"] == pytest.approx(2 / 3)
+    # Chance: the scored span is 3980 s; each event's +-120 s covers 240 s (no overlap).
+    span = 199 * 20_000
+    assert r["precision_chance"] == pytest.approx(3 * 240_000 / span)
+    assert r["recall_chance"] == pytest.approx(1 - (1 - 240_000 / span) ** 3)
     assert r["by_kind"]["regime_shift"] == {
         "events": 1,
         "found": 1,
