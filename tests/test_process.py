@@ -76,6 +76,11 @@ def test_stop_mid_hour_then_restart_loses_nothing(tmp_path, frames_2024, sig):
         wait_until(lambda: fake.connections == 1, 20, "the recorder to connect")
         fake.threadsafe(fake.start_market)
         wait_until(lambda: ndjson_lines(tmp_path) > 1500, 20, "trades on disk")
+        # recorder status works while the recorder runs.
+        st = run_cli("status", "--data-dir", str(tmp_path), "--format", "json")
+        report = orjson.loads(st.stdout)
+        assert (report["recorder_running"], report["pid"]) == (True, p.pid)
+        assert report["symbols"][0]["last_trade_id"] >= ids[1500] and report["stats"]["trades"] > 0
         t0 = time.monotonic()
         p.send_signal(sig)
         rc = p.wait(10 * UNIT)
