@@ -164,6 +164,9 @@ def test_live_scores_equal_batch_through_rollover_compaction_and_torn_line(
             f"\n[watch] window close to printed line, real-time phase: n={len(lags)} "
             f"median {np.median(lags):.0f} ms, max {lags.max():.0f} ms beyond the 1 s grace"
         )
+        print(
+            f"[watch] {live.height} windows emitted, equal to batch; {gaps.height} gap windows; {n_flagged} flagged"
+        )
         print("[watch] excerpt:\n" + "\n".join(out.getvalue().splitlines()[:3]))
 
 
