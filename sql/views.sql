@@ -26,7 +26,7 @@ CREATE OR REPLACE TEMP VIEW _tw_closed AS
 SELECT * FROM query(CASE WHEN getvariable('_tw_store') THEN
     'SELECT upper(regexp_extract(filename, ''symbol=([A-Za-z0-9]+)'', 1)) AS symbol, trade_id, price, qty, trade_time, event_time,
             is_buyer_maker, recv_time, is_best_match, quote_qty, buyer_order_id,
-            seller_order_id, source, event_type, extra, 0 AS _tier
+            seller_order_id, source, event_type, extra, 0 AS _tier, parse_dirpath(filename) AS _dir
      FROM read_parquet(getvariable(''data_dir'') || ''/trades/**/*.parquet'',
                        filename = true, union_by_name = true)
      WHERE filename LIKE ''%symbol=%'''
@@ -37,7 +37,7 @@ ELSE
             NULL::BOOLEAN AS is_best_match, NULL::DOUBLE AS quote_qty,
             NULL::BIGINT AS buyer_order_id, NULL::BIGINT AS seller_order_id,
             NULL::VARCHAR AS source, NULL::VARCHAR AS event_type, NULL::VARCHAR AS extra,
-            0 AS _tier
+            0 AS _tier, NULL::VARCHAR AS _dir
      WHERE false'
 END);
 
@@ -56,7 +56,8 @@ WITH l AS (
         json->'$.frame.data' AS d,
         json->'$.rest' AS r,
         json,
-        regexp_extract(filename, 'symbol=([A-Za-z0-9]+)', 1) AS path_symbol
+        regexp_extract(filename, 'symbol=([A-Za-z0-9]+)', 1) AS path_symbol,
+        parse_dirpath(filename) AS _dir
     FROM _tw_open_lines
     WHERE json IS NOT NULL
 )
@@ -76,13 +77,23 @@ SELECT
     CASE WHEN d IS NOT NULL THEN 'ws' ELSE 'rest' END AS source,
     d->>'$.e' AS event_type,
     json->>'$.extra' AS extra,
-    CASE WHEN d IS NOT NULL THEN 1 ELSE 2 END AS _tier
+    CASE WHEN d IS NOT NULL THEN 1 ELSE 2 END AS _tier,
+    _dir
 FROM l
 WHERE coalesce(d->>'$.t', r->>'$.id') IS NOT NULL;
 
+-- A compacted hour is unique by trade id (compaction and imports make it so); copies can only
+-- meet in an hour that still holds NDJSON (the open hour, or a crash's leftovers). So only
+-- those hours are deduplicated, and the rest of history streams through untouched.
 CREATE OR REPLACE VIEW trades AS
-SELECT * EXCLUDE (_tier)
-FROM (SELECT * FROM _tw_closed UNION ALL BY NAME SELECT * FROM _tw_open)
+WITH open_dirs AS (SELECT DISTINCT _dir FROM _tw_open)
+SELECT * EXCLUDE (_tier, _dir) FROM _tw_closed WHERE _dir NOT IN (SELECT _dir FROM open_dirs)
+UNION ALL BY NAME
+SELECT * EXCLUDE (_tier, _dir) FROM (
+    SELECT * FROM _tw_closed WHERE _dir IN (SELECT _dir FROM open_dirs)
+    UNION ALL BY NAME
+    SELECT * FROM _tw_open
+)
 QUALIFY row_number() OVER (PARTITION BY symbol, trade_id ORDER BY _tier) = 1;
 
 CREATE OR REPLACE VIEW gaps AS
