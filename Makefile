@@ -55,7 +55,11 @@ clean:
 
 .PHONY: bench
 bench: $(STAMP)
+	$(BIN)/python bench/windows_bench.py --days 1 30
+	$(BIN)/python bench/analysis_bench.py --days 30
 	$(BIN)/python bench/recorder_flood.py --trades 500000
+	$(BIN)/python bench/recorder_flood.py --rate 1000 --trades 20000
+	$(BIN)/python bench/recorder_flood.py --rate 10000 --trades 200000
 	$(BIN)/python bench/engine_bench.py --days 30
 	$(BIN)/python bench/model_bench.py --days 3 --windows 30000
 	$(BIN)/python bench/import_bench.py --trades 30000000

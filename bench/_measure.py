@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of ``cmd``; raises if it fails."""
+def run_measured(cmd: list[str], stdout: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of ``cmd``; its stdout goes to ``stdout`` (or nowhere)."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    out = open(stdout, "wb") if stdout else subprocess.DEVNULL  # noqa: SIM115
+    p = subprocess.Popen(cmd, stdout=out)
     peak = 0
     while p.poll() is None:
         try:
@@ -25,6 +26,8 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
             break
         time.sleep(0.02)
     p.wait()
+    if stdout:
+        out.close()  # type: ignore[union-attr]
     if p.returncode:
         raise subprocess.CalledProcessError(p.returncode, cmd)
     return time.perf_counter() - t, peak / 1024

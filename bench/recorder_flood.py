@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.server import serve
 
+RATE = [0.0]  # trades a second for the server; 0 = flood
 TEMPLATE = (
     '{{"stream":"btcusdt@trade","data":{{"e":"trade","E":{E},"s":"BTCUSDT","t":{t},'
     '"p":"{p:.2f}000000","q":"0.00{q:03d}000","T":{T},"m":{m},"M":true}}}}'
@@ -47,9 +48,17 @@ def serve_in_thread(payload: list[str]) -> tuple[int, threading.Event]:
     ready, port_box, sent = threading.Event(), [], threading.Event()
 
     async def handler(ws):
-        for i in range(0, len(payload), 1000):
-            for f in payload[i : i + 1000]:
+        if RATE[0] <= 0:  # as fast as the socket takes them
+            for f in payload:
                 await ws.send(f)
+        else:  # paced: RATE trades a second, sent every 10 ms
+            t0, i = time.monotonic(), 0
+            while i < len(payload):
+                due = int((time.monotonic() - t0) * RATE[0])
+                while i < min(due, len(payload)):
+                    await ws.send(payload[i])
+                    i += 1
+                await asyncio.sleep(0.01)
         sent.set()
         await ws.wait_closed()
 
@@ -81,7 +90,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--trades", type=int, default=500_000)
+    ap.add_argument("--rate", type=float, default=0, help="paced trades/s (0: flood)")
     args = ap.parse_args()
+    RATE[0] = args.rate
     start_ms = int(time.time() * 1000) - 10_000
     payload = frames(args.trades, start_ms)
     port, _sent = serve_in_thread(payload)
@@ -111,12 +122,19 @@ def main() -> None:
         first = last = None
         n = 0
         rss_max = 0
+        timeline: list[tuple[float, float]] = []
+        latency: dict = {}
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             time.sleep(0.05)
-            rss_max = max(rss_max, rss_kb(p.pid, "VmRSS:"))
+            rss = rss_kb(p.pid, "VmRSS:")
+            rss_max = max(rss_max, rss)
+            if not timeline or time.monotonic() - launched - timeline[-1][0] >= 30:
+                timeline.append((time.monotonic() - launched, rss / 1024))
             try:
-                n = orjson.loads(state.read_bytes())["stats"].get("written", 0)
+                st = orjson.loads(state.read_bytes())
+                n = st["stats"].get("written", 0)
+                latency = st.get("fsync_latency_ms", latency)
             except (FileNotFoundError, orjson.JSONDecodeError, KeyError):
                 continue
             now = time.monotonic()
@@ -124,6 +142,8 @@ def main() -> None:
                 first = (now, n)
             if n >= args.trades:
                 last = (now, n)
+                time.sleep(0.5)  # one more status write: latencies of the last fsyncs
+                latency = orjson.loads(state.read_bytes()).get("fsync_latency_ms", latency)
                 break
         hwm = rss_kb(p.pid, "VmHWM:")
         p.terminate()
@@ -134,10 +154,18 @@ def main() -> None:
             first = (launched, 0)
         rate = (last[1] - first[1]) / (last[0] - first[0])
         size = sum(f.stat().st_size for f in data.glob("trades/**/*.ndjson"))
-        print(f"recorder flood: {args.trades} trades over loopback, one symbol")
+        mode = f"paced at {args.rate:,.0f} trades/s" if args.rate else "flood"
+        print(f"recorder {mode}: {args.trades} trades over loopback, one symbol")
         print(f"  sustained into the store: {rate:,.0f} trades/s")
         print(f"  peak RSS (VmHWM): {hwm / 1024:.1f} MB; max sampled RSS {rss_max / 1024:.1f} MB")
         print(f"  NDJSON written: {size / args.trades:.1f} bytes/trade")
+        if latency:
+            print(
+                f"  receive-to-fsync latency: p50 {latency['p50']} ms, p99 {latency['p99']} ms "
+                f"(last {latency['n']:,} trades; fsync every 0.5 s)"
+            )
+        if len(timeline) > 2:
+            print("  RSS over time: " + ", ".join(f"{t:.0f}s {m:.0f} MB" for t, m in timeline))
 
 
 if __name__ == "__main__":

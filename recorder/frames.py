@@ -63,6 +63,7 @@ class Frame:
     trade_time: int = 0  # UTC ms
     line: bytes = b""
     reason: str = ""
+    recv_us: int = 0  # local receive time, UTC µs
 
 
 def _is_int(v: Any) -> bool:
@@ -153,7 +154,7 @@ def decode_frame(raw: bytes, recv_us: int, symbols: frozenset[str]) -> Frame:
         line = head + body + b"}\n" if extra else b'{"recv_time":%d,"frame":%s}\n' % (recv_us, body)
     else:
         line = b'{"recv_time":%d,"frame":%s}\n' % (recv_us, raw)
-    return Frame(Kind.TRADE, symbol, tid, ttime, line)
+    return Frame(Kind.TRADE, symbol, tid, ttime, line, recv_us=recv_us)
 
 
 def decode_rest_trade(item: Any, symbol: str, recv_us: int) -> Frame:
@@ -174,7 +175,7 @@ def decode_rest_trade(item: Any, symbol: str, recv_us: int) -> Frame:
     extra = _extra(item, REST_KEYS, price, qty, "price", "qty")
     if extra:
         out["extra"] = orjson.dumps(extra).decode()
-    return Frame(Kind.TRADE, symbol, tid, ttime, orjson.dumps(out) + b"\n")
+    return Frame(Kind.TRADE, symbol, tid, ttime, orjson.dumps(out) + b"\n", recv_us=recv_us)
 
 
 def reject_line(raw: bytes, recv_us: int, reason: str) -> bytes:

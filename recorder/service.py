@@ -15,6 +15,7 @@ trade id) until the new one provably covers the old one; then the old one is clo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -96,6 +97,10 @@ class Recorder:
         self.last_activity = time.monotonic()
         self.started = time.time()
         self._ready = False
+        # Writer thread only: receive times (µs) of trades appended since the last fsync, and
+        # the latest 100,000 receive-to-fsync latencies.
+        self._unsynced: list[int] = []
+        self._latency_us: collections.deque[int] = collections.deque(maxlen=100_000)
 
     # ---- start and stop -------------------------------------------------------------
 
@@ -340,7 +345,7 @@ class Recorder:
             self.stats["duplicates"] += 1
             return []
         self.stats["trades"] += 1
-        item = ("T", f.symbol, layout.hour_of(f.trade_time), f.line)
+        item = ("T", f.symbol, layout.hour_of(f.trade_time), f.line, f.recv_us)
         if gap is None:
             return [item]
         self.stats["gaps_detected"] += 1
@@ -484,10 +489,12 @@ class Recorder:
         trades: list[tuple[str, int, bytes]] = []
         self.stats["written"] += sum(1 for item in batch if item[0] == "T")
         w = self.writer
+        unsynced = self._unsynced
         for item in batch:
             kind = item[0]
             if kind == "T":
-                trades.append(item[1:])
+                trades.append(item[1:4])
+                unsynced.append(item[4])
                 continue
             if trades:
                 w.append(trades)
@@ -506,7 +513,28 @@ class Recorder:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.cfg.fsync_interval)
-            await loop.run_in_executor(self._write_exec, self.writer.sync)
+            await loop.run_in_executor(self._write_exec, self._sync)
+
+    def _sync(self) -> None:
+        """fsync (writer thread), then note each trade's receive-to-fsync latency."""
+        self.writer.sync()
+        if self._unsynced:
+            now = time.time_ns() // 1000
+            self._latency_us.extend(now - r for r in self._unsynced)
+            self._unsynced.clear()
+
+    def latency_ms(self) -> dict[str, float]:
+        """Receive-to-fsync latency percentiles over the last 100,000 trades (ms)."""
+        if not self._latency_us:
+            return {}
+        import statistics
+
+        q = statistics.quantiles(self._latency_us, n=100, method="inclusive")
+        return {
+            "p50": round(q[49] / 1000, 2),
+            "p99": round(q[98] / 1000, 2),
+            "n": len(self._latency_us),
+        }
 
     async def _compact_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -558,6 +586,7 @@ class Recorder:
                 "updated_at": time.time(),
                 "connections_open": len(self._conns),
                 "stats": dict(self.stats),
+                "fsync_latency_ms": self.latency_ms(),
                 "symbols": {
                     s: {
                         "high": t.high,

@@ -20,6 +20,10 @@ def test_recorder_flood_smoke():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "recorder flood: 3000 trades over loopback, one symbol"
+    assert re.fullmatch(
+        r"  receive-to-fsync latency: p50 [\d.]+ ms, p99 [\d.]+ ms \(last [\d,]+ trades; fsync every 0.5 s\)",
+        lines[4],
+    )
     assert re.fullmatch(r"  sustained into the store: [\d,]+ trades/s", lines[1])
     assert re.fullmatch(r"  peak RSS \(VmHWM\): [\d.]+ MB; max sampled RSS [\d.]+ MB", lines[2])
 
@@ -66,3 +70,52 @@ def test_import_bench_smoke():
         r"import-archive: 20,000 trades \(\d+ MB zip\) in [\d.]+ s = [\d,]+ trades/s, peak RSS \d+ MB, Parquet [\d.]+ bytes/trade",
         line,
     )
+
+
+def test_windows_bench_smoke(tmp_path):
+    lines = run_bench(
+        "bench/windows_bench.py",
+        "--days",
+        "1",
+        "--rate",
+        "20000",
+        "--repeats",
+        "1",
+        "--prototype-trades",
+        "3000",
+        "--work",
+        str(tmp_path),
+    )
+    assert [ln.split()[1] for ln in lines[2:]] == [
+        "tapewatch",
+        "duckdb",
+        "pandas",
+        "prototype",
+        "floor",
+    ]
+    assert lines[2].split()[-1] == "1.00x"
+    assert lines[5].endswith("(its loop over 3,000 frames, scaled)")
+
+
+def test_analysis_bench_smoke(tmp_path):
+    lines = run_bench(
+        "bench/analysis_bench.py",
+        "--windows",
+        "4000",
+        "--reps",
+        "20",
+        "--days",
+        "1",
+        "--rate",
+        "20000",
+        "--hour-trades",
+        "3000",
+        "--work",
+        str(tmp_path),
+    )
+    assert lines[0].startswith(
+        "horizons: 4,000 windows x 4 horizons x 2 metrics, 20 bootstrap reps: "
+    )
+    assert lines[1].startswith("sweep 10s/20s/30s/60s over 1 days: one scan ")
+    assert lines[2].startswith("storage, real capture (19,904 trades, 2 hour files): NDJSON ")
+    assert lines[3].startswith("storage, synthetic hour (3,000 trades, 1 hour files): NDJSON ")
