@@ -54,12 +54,15 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: bench
+# All benchmarks, about 30 minutes on 2 cores (the recorder soak alone is 10); figures go to
+# bench/README.md by hand.
 bench: $(STAMP)
 	$(BIN)/python bench/windows_bench.py --days 1 30
 	$(BIN)/python bench/analysis_bench.py --days 30
 	$(BIN)/python bench/recorder_flood.py --trades 500000
 	$(BIN)/python bench/recorder_flood.py --rate 1000 --trades 20000
 	$(BIN)/python bench/recorder_flood.py --rate 10000 --trades 200000
-	$(BIN)/python bench/engine_bench.py --days 30
+	$(BIN)/python bench/recorder_flood.py --rate 5000 --trades 3000000
+	$(BIN)/python bench/engine_bench.py --days 30 --model-windows 600
 	$(BIN)/python bench/model_bench.py --days 3 --windows 30000
 	$(BIN)/python bench/import_bench.py --trades 30000000

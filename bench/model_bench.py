@@ -56,7 +56,7 @@ def main() -> None:
         f"walk-forward, {w.height} windows of 20 s ({refits} refits, buffer 500, every 100, 100 trees)"
     )
     print(
-        f"{'path':<38}{'refits/s':>10}{'time':>9}{'year (est.)':>13}{'same flags':>12}{'score rank corr':>17}"
+        f"{'path':<38}{'refits/s':>10}{'time':>9}{'year (est.)':>13}{'speed-up':>10}{'same flags':>12}{'score rank corr':>17}"
     )
     for name in (
         "scikit-learn serial (prototype)",
@@ -64,12 +64,14 @@ def main() -> None:
         "numpy backend, 2 jobs",
     ):
         secs = runs[name + " secs"]
+        serial = runs["scikit-learn serial (prototype) secs"]
         got = runs[name]
         ok = ref["score"].is_not_null().to_numpy()
         same = float(np.mean(got["prediction"].to_numpy()[ok] == ref["prediction"].to_numpy()[ok]))
         rho = spearmanr(got["score"].to_numpy()[ok], ref["score"].to_numpy()[ok]).statistic
         print(
-            f"{name:<38}{refits / secs:>10.1f}{secs:>8.1f}s{YEAR_REFITS / (refits / secs):>12.0f}s{same:>12.4f}{rho:>17.4f}"
+            f"{name:<38}{refits / secs:>10.1f}{secs:>8.1f}s{YEAR_REFITS / (refits / secs):>12.0f}s"
+            f"{serial / secs:>9.2f}x{same:>12.4f}{rho:>17.4f}"
         )
 
 

@@ -124,7 +124,7 @@ def main() -> None:
         rss_max = 0
         timeline: list[tuple[float, float]] = []
         latency: dict = {}
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + max(600, 1.5 * args.trades / args.rate if args.rate else 0)
         while time.monotonic() < deadline:
             time.sleep(0.05)
             rss = rss_kb(p.pid, "VmRSS:")
