@@ -63,6 +63,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/recorder_flood.py --rate 1000 --trades 20000
 	$(BIN)/python bench/recorder_flood.py --rate 10000 --trades 200000
 	$(BIN)/python bench/recorder_flood.py --rate 5000 --trades 3000000
-	$(BIN)/python bench/engine_bench.py --days 30 --model-windows 600
+	$(BIN)/python bench/engine_bench.py --days 30 --model-windows 0
 	$(BIN)/python bench/model_bench.py --days 3 --windows 30000
 	$(BIN)/python bench/import_bench.py --trades 30000000

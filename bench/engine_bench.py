@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--rate", type=int, default=4_000_000, help="trades per day")
     ap.add_argument("--work", type=Path, default=Path("/tmp/tapewatch-bench"))
-    ap.add_argument("--model-windows", type=int, default=60_000)
+    ap.add_argument("--model-windows", type=int, default=60_000, help="0: skip the model figure")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     t = time.perf_counter()
@@ -84,6 +84,8 @@ def main() -> None:
             f"{n / wall / 1e6:.1f} M trades/s, peak RSS {rss:.0f} MB"
         )
 
+    if args.model_windows <= 0:  # model figures come from bench/model_bench.py
+        return
     import polars as pl
 
     from engine.model import ModelParams, walk_forward
