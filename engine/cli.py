@@ -48,9 +48,10 @@ def _progress():
     """A progress callback drawing a bar on stderr when it is a terminal."""
     if not sys.stderr.isatty():
         return lambda stage, done, total: None
+    from rich.console import Console
     from rich.progress import Progress
 
-    bar = Progress(transient=True, console=__import__("rich.console").console.Console(stderr=True))
+    bar = Progress(transient=True, console=Console(stderr=True))
     tasks: dict[str, Any] = {}
 
     def update(stage: str, done: int, total: int) -> None:

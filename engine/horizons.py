@@ -185,16 +185,22 @@ def compare(
     from scipy.stats import false_discovery_control, mannwhitneyu
 
     rng = np.random.default_rng(seed)
-    g_all = groups.to_numpy()
+    scored = groups.is_not_null().to_numpy()
+    code_all = (
+        groups.replace_strict(
+            {name: i for i, name in enumerate(GROUPS)}, default=-1, return_dtype=pl.Int8
+        )
+        .fill_null(-1)
+        .to_numpy()
+    )
     vol_all = volatility.to_numpy()
     rows: list[dict] = []
     for h in horizons:
         for metric in metrics:
             col = moves[f"{metric}@{h.label}"].to_numpy()
-            keep = np.array([g is not None for g in g_all]) & ~np.isnan(col.astype(float))
+            keep = scored & ~np.isnan(col.astype(float))
             y = col[keep].astype(float)
-            g = g_all[keep]
-            code = np.select([g == name for name in GROUPS], range(len(GROUPS)), -1)
+            code = code_all[keep]
             vol = vol_all[keep].astype(float)
             # Deciles of the window's own volatility (ties broken by time order).
             dec = (np.argsort(np.argsort(vol, kind="stable"), kind="stable") * DECILES) // max(

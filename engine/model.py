@@ -71,7 +71,7 @@ class ModelParams:
         return d
 
 
-def scoreable(windows: pl.DataFrame) -> pl.Expr:
+def scoreable() -> pl.Expr:
     """Windows the model trains on and scores: with trades, not touched by a gap."""
     return (pl.col("trade_count") > 0) & ~pl.col("gap")
 
@@ -144,7 +144,7 @@ def walk_forward(
 ) -> pl.DataFrame:
     """``windows`` plus ``score``, ``prediction`` (-1 anomalous, 1 normal) and ``refit``
     (the refit that scored it); null where a window was not scored."""
-    ok = windows.select(scoreable(windows)).to_series()
+    ok = windows.select(scoreable()).to_series()
     x = windows.filter(ok).select(p.features).to_numpy().astype(np.float64)
     n = len(x)
     if n <= p.buffer:

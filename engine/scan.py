@@ -18,11 +18,11 @@ from engine.errors import DataError
 from recorder import layout
 from recorder.store import parse_ndjson, read_gaps, read_ndjson
 
-__all__ = ["COLUMNS", "DAY_MS", "StoreIndex", "open_store"]
+__all__ = ["COLUMNS", "DAY_MS", "EMPTY_TRADES", "StoreIndex", "open_store"]
 
 COLUMNS = ["trade_id", "trade_time", "price", "qty", "is_buyer_maker"]
 DAY_MS = 86_400_000
-_EMPTY = pl.DataFrame(
+EMPTY_TRADES = pl.DataFrame(
     schema={
         "trade_id": pl.Int64,
         "trade_time": pl.Datetime("us", "UTC"),
@@ -44,9 +44,9 @@ class TailCache:
 
     def read(self, path: Path) -> pl.DataFrame:
         st = path.stat()
-        inode, offset, lineno, table = self._files.get(path, (st.st_ino, 0, 1, _EMPTY))
+        inode, offset, lineno, table = self._files.get(path, (st.st_ino, 0, 1, EMPTY_TRADES))
         if inode != st.st_ino or st.st_size < offset:
-            inode, offset, lineno, table = st.st_ino, 0, 1, _EMPTY
+            inode, offset, lineno, table = st.st_ino, 0, 1, EMPTY_TRADES
         if st.st_size > offset:
             with open(path, "rb") as f:
                 f.seek(offset)
@@ -55,10 +55,7 @@ class TailCache:
             if end:
                 fresh, bad = parse_ndjson(data[:end], path, lineno)
                 if bad:
-                    raise DataError(
-                        f"{path}: line {bad[0].lineno} is not a complete trade; "
-                        "run `recorder compact` to quarantine it (while no recorder runs)"
-                    )
+                    raise _incomplete(path, bad[0].lineno)
                 if fresh.height:
                     lag = (fresh["recv_time"] - fresh["trade_time"]).dt.total_milliseconds()
                     self.recv_offset_ms = int(lag.median())  # type: ignore[arg-type]
@@ -115,7 +112,7 @@ class StoreIndex:
             mixed.append(self._mixed_hour(d))
         parts = ([_read_parquet(parquet)] if parquet else []) + mixed
         if not parts:
-            return _EMPTY
+            return EMPTY_TRADES
         lo = pl.lit(start_ms * 1000).cast(pl.Datetime("us", "UTC"))
         hi = pl.lit(end_ms * 1000).cast(pl.Datetime("us", "UTC"))
         t = pl.concat(parts).filter((pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi))
@@ -139,7 +136,7 @@ class StoreIndex:
                 continue
             if self.tail is not None:
                 self.tail.forget_missing()
-            return pl.concat(frames).unique("trade_id", keep="first") if frames else _EMPTY
+            return pl.concat(frames).unique("trade_id", keep="first") if frames else EMPTY_TRADES
         raise DataError(f"{d} keeps changing while read; is a compaction stuck in a loop?")
 
 
@@ -166,11 +163,15 @@ def _read_ndjson(path: Path) -> pl.DataFrame:
         if not data.endswith(b"\n") and bad[-1].lineno == data.count(b"\n") + 1:
             bad = bad[:-1]
     if bad:
-        raise DataError(
-            f"{path}: line {bad[0].lineno} is not a complete trade; "
-            "run `recorder compact` to quarantine it (while no recorder runs)"
-        )
+        raise _incomplete(path, bad[0].lineno)
     return table.select(COLUMNS)
+
+
+def _incomplete(path: Path, lineno: int) -> DataError:
+    return DataError(
+        f"{path}: line {lineno} is not a complete trade; "
+        "run `recorder compact` to quarantine it (while no recorder runs)"
+    )
 
 
 def open_store(root: Path, symbol: str) -> StoreIndex:

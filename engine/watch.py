@@ -35,7 +35,7 @@ import polars as pl
 from engine.model import Fitted, fit
 from engine.pipeline import Settings
 from engine.scan import TailCache, open_store
-from engine.windows import _id_gaps, build_windows, mark_gaps, window_features
+from engine.windows import build_windows, id_gaps, mark_gaps, window_features
 
 __all__ = ["WatchOptions", "Watcher", "results_path"]
 
@@ -183,7 +183,7 @@ class Watcher:
             trades = self.index.load(lo, lo + _LOOK_MS)
             latest = int(trades["trade_time"][-1].timestamp() * 1000) if trades.height else None
             now = self.exchange_now(latest)
-            gaps = _id_gaps(trades, self.prev) + self.index.recorded_gaps()
+            gaps = id_gaps(trades, self.prev) + self.index.recorded_gaps()
             # A window is finished with the trades up to its close (for id continuity), so
             # only windows whose close lies inside what was read are done from this read.
             limit = min(now, lo + _LOOK_MS)

@@ -19,9 +19,9 @@ import numpy as np
 import polars as pl
 
 from engine.errors import DataError
-from engine.scan import StoreIndex, chunk_bounds
+from engine.scan import EMPTY_TRADES, StoreIndex, chunk_bounds
 
-__all__ = ["WINDOW_COLUMNS", "build_windows", "window_features"]
+__all__ = ["WINDOW_COLUMNS", "build_windows", "id_gaps", "mark_gaps", "window_features"]
 
 WINDOW_COLUMNS = [
     "window_start",
@@ -110,7 +110,7 @@ def mark_gaps(
     return windows.with_columns(gap=pl.Series(touched) | pl.col("gap"))
 
 
-def _id_gaps(trades: pl.DataFrame, prev: tuple[int, int] | None) -> list[tuple[int, int]]:
+def id_gaps(trades: pl.DataFrame, prev: tuple[int, int] | None) -> list[tuple[int, int]]:
     """Spans (UTC ms) between consecutive stored trades whose ids are not consecutive."""
     if trades.is_empty():
         return []
@@ -145,7 +145,7 @@ def build_windows(
     lo = {e: first // e * e for e in everies}
     end_all = max(-(-end // e) * e for e in everies)
     done: dict[int, list[pl.DataFrame]] = {e: [] for e in everies}
-    carry = index.load(0, 0)
+    carry = EMPTY_TRADES
     prev: tuple[int, int] | None = None
     gaps: list[tuple[int, int]] = list(index.recorded_gaps())
     seen_first: int | None = None
@@ -153,7 +153,7 @@ def build_windows(
     bounds = list(chunk_bounds(min(lo.values()), end_all))
     for n, (c_lo, c_hi) in enumerate(bounds):
         fresh = index.load(c_lo, c_hi)
-        gaps += _id_gaps(fresh, prev)
+        gaps += id_gaps(fresh, prev)
         if not fresh.is_empty():
             last_row = fresh.select(
                 pl.col("trade_id").last(), pl.col("trade_time").last().dt.epoch("ms")

@@ -272,9 +272,11 @@ def status(data_dir: Path, fmt: str) -> None:
 
 
 def _bar(label: str):
-    """A progress bar on stderr when it is a terminal; otherwise nothing."""
+    """(context manager, progress callback): a bar on stderr when it is a terminal."""
     if not sys.stderr.isatty():
-        return None, lambda done, total: None
+        import contextlib
+
+        return contextlib.nullcontext(), lambda done, total: None
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
@@ -315,7 +317,7 @@ def import_archive(data_dir: Path, files: tuple[Path, ...], symbol: str | None) 
     if symbol is not None:
         symbol = parse_symbols(symbol)[0]
     bar, progress = _bar("import")
-    with bar or _nullcontext():
+    with bar:
         r = import_archives(data_dir, list(files), symbol, progress)
     rate = r.rows / r.seconds if r.seconds else 0
     click.echo(
@@ -358,7 +360,7 @@ def fetch_archive(data_dir: Path, symbol: str, start_day, end_day, base_url: str
     if end_day < start_day:
         raise ConfigError("--end is before --start")
     bar, progress = _bar("import")
-    with bar or _nullcontext():
+    with bar:
         r = fetch_archives(data_dir, sym, start_day.date(), end_day.date(), base_url, progress)
     for name in r.not_published:
         click.echo(f"not published yet: {name}", err=True)
@@ -388,12 +390,6 @@ def replay(data_dir: Path, files: tuple[Path, ...]) -> None:
 
     r = replay_frames(data_dir, list(files))
     click.echo(f"replayed {r.rows} trades from {r.files} files; {r.hours} hours compacted")
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 if __name__ == "__main__":
