@@ -16,3 +16,8 @@ FEATURES = ("trade_count", "volume", "avg_trade_size", "return", "volatility")
 JOBS = 2  # parallel refit processes
 BACKEND = "sklearn"  # Isolation Forest: "sklearn" (the reference) or "numpy" (faster)
 REPS = 1000  # bootstrap replicates
+
+# engine watch: alert delivery (ranges checked by engine.watch.WatchOptions)
+ALERT_QUEUE_MAX = 100  # alerts waiting for or in delivery; more are dropped and counted
+HOOK_TIMEOUT = 10.0  # seconds one webhook request or --on-anomaly run may take, in all
+WEBHOOK_TRIES = 3

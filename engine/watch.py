@@ -10,50 +10,140 @@ in ``engine score``; refit ``k`` trains on the same ``buffer`` windows and score
 ``retrain_every`` windows, so live and batch agree window for window. The next refit is
 trained in the background as soon as its training windows are complete.
 
+Alerts. A flagged window becomes an ``Alert`` for the hooks (``--on-anomaly`` gets the
+window's JSON line on stdin, ``--webhook`` gets it POSTed). At most ``alert_queue_max`` alerts
+wait for or are in delivery at a time; beyond that they are dropped, counted and logged. One
+background thread with its own asyncio loop delivers them oldest first, the webhook through
+httpx with a few tries and a short back-off. Every command run and every webhook request has
+an overall deadline (``hook_timeout``), so a webhook that never answers, or trickles its reply
+a byte at a time, costs at most that. On stop, alerts still pending after ``stop_grace`` are
+given up (counted, logged once): SIGTERM ends the process in a few seconds whatever the hooks
+do. Counters (``Watcher.counts``) feed the Prometheus endpoint of ``--metrics-addr``
+(``engine/metrics.py``).
+
+Errors: bad options raise ``engine.errors.InputError`` (one ``Error:`` line in the CLI); a
+failing hook is logged and counted, and never stops the watch.
+
 Known limit: a trade that reaches the store after its window closed (a backfill slower than
 ``--grace``) is in the batch rerun but not in the live score.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
+import httpx
 import numpy as np
 import orjson
 import polars as pl
 
+from engine import config
+from engine.errors import InputError
+from engine.metrics import MetricsServer, WatchCollector, WatchCounts, parse_addr
 from engine.model import Fitted, fit
 from engine.pipeline import Settings
 from engine.scan import TailCache, open_store
 from engine.windows import build_windows, id_gaps, mark_gaps, window_features
 
-__all__ = ["WatchOptions", "Watcher", "results_path"]
+__all__ = ["Alert", "Alerter", "WatchOptions", "Watcher", "results_path"]
 
 log = logging.getLogger("engine.watch")
 _LOOK_MS = 3 * 3_600_000  # trades read ahead of the next window per look at the store
+_JOIN_TIMEOUT = 2.0  # seconds to wait for the alert thread once its work is cancelled
+_T = TypeVar("_T")
+
+# (option, lowest, highest, unit) of each checked setting of WatchOptions. The bounds keep a
+# setting where it means something: no busy loop, no unbounded queue, no retry storm.
+_RANGES: dict[str, tuple[str, float, float, str]] = {
+    "grace_ms": ("--grace", 0, 3_600_000, " ms"),
+    "poll": ("--poll", 0.01, 60.0, " s"),
+    "webhook_tries": ("--webhook-tries", 1, 10, ""),
+    "hook_timeout": ("--hook-timeout", 0.1, 300.0, " s"),
+    "alert_queue_max": ("--alert-queue-max", 1, 100_000, ""),
+    "retry_delay": ("retry_delay", 0.0, 60.0, " s"),
+    "stop_grace": ("stop_grace", 0.0, 3.0, " s"),
+}
 
 
 @dataclass
 class WatchOptions:
-    grace_ms: int = 2000
-    poll: float = 0.2
+    """How ``engine watch`` runs; out-of-range values raise InputError."""
+
+    grace_ms: int = 2000  # wait this long (exchange time, ms) after a window ends
+    poll: float = 0.2  # seconds between looks at the store
     fmt: str = "table"  # or "ndjson"
-    on_anomaly: str | None = None
-    webhook: str | None = None
-    webhook_tries: int = 3
+    on_anomaly: str | None = None  # shell command, the window's JSON line on stdin
+    webhook: str | None = None  # http(s) URL to POST the window's JSON line to
+    webhook_tries: int = config.WEBHOOK_TRIES
     results: Path | None = None
-    hooks_timeout: float = 10.0
+    hook_timeout: float = config.HOOK_TIMEOUT  # seconds per command run or webhook request
+    alert_queue_max: int = config.ALERT_QUEUE_MAX  # alerts waiting for or in delivery
+    metrics_addr: str | None = None  # HOST:PORT for Prometheus metrics; None: off
+    retry_delay: float = 0.2  # seconds before the second webhook try, doubling after
+    stop_grace: float = 1.0  # seconds pending alerts get at stop before they are given up
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, (option, lo, hi, unit) in _RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not lo <= value <= hi:
+                raise InputError(
+                    f"{option} {value:g}{unit} is out of range: "
+                    f"give a value between {lo:g} and {hi:g}{unit}"
+                )
+        if self.webhook is not None:
+            try:
+                url = httpx.URL(self.webhook)
+            except httpx.InvalidURL as e:
+                raise InputError(f"--webhook {self.webhook!r} is not a URL: {e}") from e
+            if url.scheme not in ("http", "https") or not url.host:
+                raise InputError(
+                    f"--webhook {self.webhook!r} is not an http(s) URL; "
+                    "give for example http://localhost:9000/hook"
+                )
+        if self.metrics_addr is not None:
+            parse_addr(self.metrics_addr)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A flagged window for the hooks: its start (UTC ms) and its JSON line (with newline)."""
+
+    window_start_ms: int
+    body: bytes
+
+
+class _Stopping(Exception):
+    """Stop was asked while waiting for a model: the window is scored again on restart."""
+
+
+def _background(fn: Callable[..., _T], *args: Any) -> Future[_T]:
+    """Run ``fn(*args)`` in a daemon thread. Unlike a ThreadPoolExecutor's worker, the thread
+    never holds up the process's exit: a refit still training at stop is abandoned."""
+    fut: Future[_T] = Future()
+
+    def work() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # handed to whoever waits on the future
+            fut.set_exception(e)
+
+    threading.Thread(target=work, name="refit", daemon=True).start()
+    return fut
 
 
 def results_path(s: Settings) -> Path:
@@ -97,11 +187,29 @@ class Watcher:
         )
         self.n = 0  # scoreable windows so far (from the start of the store)
         self.models: dict[int, Future[Fitted]] = {}
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="refit")
-        self.hooks = ThreadPoolExecutor(2, thread_name_prefix="hooks")
         self.prev: tuple[int, int] | None = None  # (id, ms) of the last trade before next_start
         self.next_start = 0
-        self.emitted = 0
+        self.emitted = 0  # windows written (scored, warming up, gap or empty)
+        self.scored = 0  # windows the model scored
+        self.flags = 0  # windows flagged
+        self.last_end_ms: int | None = None  # end of the last window written, UTC ms
+        self.alerts: Alerter | None = None  # while running with hooks
+        self.metrics_url: str | None = None  # while serving metrics: the bound address
+
+    def counts(self) -> WatchCounts:
+        """The watcher's counters now (what the metrics endpoint serves)."""
+        a = self.alerts
+        return WatchCounts(
+            windows=self.emitted,
+            scored=self.scored,
+            flags=self.flags,
+            alerts_sent=a.sent if a else 0,
+            alert_failures=a.failed if a else 0,
+            dropped_queue_full=a.dropped_full if a else 0,
+            dropped_stop=a.given_up if a else 0,
+            queue_depth=a.pending if a else 0,
+            last_window_end_ms=self.last_end_ms,
+        )
 
     # ---- start ----------------------------------------------------------------------
 
@@ -158,22 +266,38 @@ class Watcher:
         s_k = b + k * r
         base = self.n - len(self.history)  # scoreable number of history[0]
         train = np.vstack(list(self.history)[s_k - b - base : s_k - base])
-        self.models[k] = self.pool.submit(fit, train, self.p)
+        self.models[k] = _background(fit, train, self.p)
         self.models.pop(k - 2, None)
 
     # ---- the loop ---------------------------------------------------------------------
 
     def run(self) -> None:
-        self.start()
-        if self.notifier:
-            self.notifier.ready(f"watching {self.s.symbol} {self.s.every}")
-        while not self.stop_event.is_set():
-            self.step()
+        """Watch until ``stop_event`` is set, then stop within a few seconds: alerts still
+        pending after ``stop_grace`` are given up, a refit still training is abandoned."""
+        metrics = None
+        if self.o.metrics_addr is not None:  # first, so that a bad address fails at once
+            metrics = MetricsServer(self.o.metrics_addr, WatchCollector(self.counts))
+            self.metrics_url = metrics.url
+            log.info("serving metrics at %s", metrics.url)
+        try:
+            self.start()
+            if self.o.on_anomaly or self.o.webhook:
+                self.alerts = Alerter(self.o)
             if self.notifier:
-                self.notifier.watchdog()
-            self.stop_event.wait(self.o.poll)
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.hooks.shutdown(wait=True)
+                self.notifier.ready(f"watching {self.s.symbol} {self.s.every}")
+            while not self.stop_event.is_set():
+                try:
+                    self.step()
+                except _Stopping:
+                    break
+                if self.notifier:
+                    self.notifier.watchdog()
+                self.stop_event.wait(self.o.poll)
+        finally:
+            if self.alerts:
+                self.alerts.close()
+            if metrics:
+                metrics.close()
 
     def step(self) -> int:
         """Look at the store; score every window that has closed. Returns how many."""
@@ -213,13 +337,22 @@ class Watcher:
             j = self.n
             if j >= self.p.buffer:
                 refit = (j - self.p.buffer) // self.p.retrain_every
-                d, pr = self.models[refit].result().score(x[None, :])
+                d, pr = self._model(refit).score(x[None, :])
                 score, pred = float(d[0]), int(pr[0])
             self.history.append(x)
             self.n += 1
             self._schedule_refit()
         self.next_start = s0 + self.e
         self._emit(s0, row, score, pred, refit)
+
+    def _model(self, k: int) -> Fitted:
+        """Refit ``k``, waiting for its training; _Stopping if stop is asked meanwhile."""
+        while True:
+            try:
+                return self.models[k].result(timeout=0.1)
+            except TimeoutError:
+                if self.stop_event.is_set():
+                    raise _Stopping from None
 
     # ---- output ---------------------------------------------------------------------
 
@@ -251,40 +384,188 @@ class Watcher:
             self.out.write(_line(rec, self.n, self.p.buffer) + "\n")
         self.out.flush()
         self.emitted += 1
+        self.last_end_ms = s0 + self.e
+        if score is not None:
+            self.scored += 1
         if pred == -1:
-            self.hooks.submit(self._alert, line + b"\n")  # one JSON line, shell-friendly
+            self.flags += 1
+            if self.alerts:
+                self.alerts.submit(Alert(s0, line + b"\n"))  # one JSON line, shell-friendly
 
-    def _alert(self, body: bytes) -> None:
-        if self.o.on_anomaly:
-            try:
-                r = subprocess.run(
-                    self.o.on_anomaly,
-                    shell=True,
-                    input=body,
-                    timeout=self.o.hooks_timeout,
-                    capture_output=True,
-                )
-                if r.returncode:
+
+class Alerter:
+    """Delivers alerts to the hooks from one background thread, oldest first, with at most
+    ``alert_queue_max`` alerts pending (waiting or in delivery); ``close()`` at stop.
+
+    Counters (since start): ``sent`` (every hook delivered), ``failed`` (a hook failed after
+    all tries), ``dropped_full`` (not queued: queue full), ``given_up`` (pending at stop),
+    ``pending`` (now)."""
+
+    def __init__(self, opts: WatchOptions):
+        self.o = opts
+        self.sent = self.failed = self.dropped_full = self.given_up = 0
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._full = False  # in a run of drops: logged once per run
+        self._closing = False
+        self._loop = asyncio.new_event_loop()
+        self._queue: asyncio.Queue[Alert] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def submit(self, alert: Alert) -> bool:
+        """Queue an alert; False (dropped and counted) if the queue is full or closing."""
+        with self._cond:
+            if self._closing:
+                return False
+            if self._pending >= self.o.alert_queue_max:
+                self.dropped_full += 1
+                if not self._full:
+                    self._full = True
                     log.warning(
-                        "--on-anomaly exited %d: %s",
-                        r.returncode,
-                        r.stderr.decode(errors="replace").strip()[:200],
+                        "alert queue full (%d pending, --alert-queue-max): dropping alerts "
+                        "until it drains, starting with window %s",
+                        self._pending,
+                        _iso(alert.window_start_ms),
                     )
-            except (OSError, subprocess.TimeoutExpired) as e:
-                log.warning("--on-anomaly failed: %s", e)
-        if self.o.webhook:
-            for attempt in range(1, self.o.webhook_tries + 1):
+                return False
+            if self._full:
+                self._full = False
+                log.warning("alert queue has room again; %d alerts dropped", self.dropped_full)
+            self._pending += 1
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, alert)
+        return True
+
+    def close(self) -> int:
+        """Stop: pending alerts get ``stop_grace`` seconds to finish; the rest are given up,
+        counted and logged once. Returns how many were given up; takes at most
+        ``stop_grace`` + 2 seconds, whatever the hooks do."""
+        with self._cond:
+            self._closing = True
+            self._cond.wait_for(lambda: self._pending == 0, timeout=self.o.stop_grace)
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                self._loop.call_soon_threadsafe(self._cancel)
+            self._thread.join(_JOIN_TIMEOUT)
+        with self._cond:
+            self.given_up = self._pending
+        if self.given_up:
+            log.warning(
+                "stopping: gave up %d pending alert(s); %d sent, %d failed, "
+                "%d dropped (queue full)",
+                self.given_up,
+                self.sent,
+                self.failed,
+                self.dropped_full,
+            )
+        return self.given_up
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._main())
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._task = asyncio.current_task()
+        if self._closing:  # closed before this loop ran: nothing to wait for
+            return
+        client = httpx.AsyncClient(timeout=self.o.hook_timeout) if self.o.webhook else None
+        try:
+            while True:
+                alert = await self._queue.get()
                 try:
-                    req = urllib.request.Request(
-                        self.o.webhook, data=body, headers={"Content-Type": "application/json"}
+                    ok = await self._deliver(client, alert)
+                except Exception:  # a hook must never stop the watch, nor this thread
+                    log.exception("alert for window %s failed", _iso(alert.window_start_ms))
+                    ok = False
+                # Cancelled above (at stop), the alert stays pending: it is counted given up.
+                with self._cond:
+                    self._pending -= 1
+                    if ok:
+                        self.sent += 1
+                    else:
+                        self.failed += 1
+                    self._cond.notify_all()
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    async def _deliver(self, client: httpx.AsyncClient | None, alert: Alert) -> bool:
+        ok = True
+        if self.o.on_anomaly:
+            ok = await self._command(self.o.on_anomaly, alert.body) and ok
+        if client is not None and self.o.webhook:
+            ok = await self._post(client, self.o.webhook, alert.body) and ok
+        return ok
+
+    async def _command(self, command: str, body: bytes) -> bool:
+        """Run the shell command with ``body`` on stdin, within ``hook_timeout`` seconds."""
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,  # never mixed into the watcher's own output
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # so that a kill reaches whatever the shell started
+            )
+        except OSError as e:
+            log.warning("--on-anomaly failed: %s", e)
+            return False
+        try:
+            async with asyncio.timeout(self.o.hook_timeout):
+                _, err = await proc.communicate(body)
+        except TimeoutError:
+            log.warning("--on-anomaly took longer than %g s: killed", self.o.hook_timeout)
+            return False
+        finally:
+            if proc.returncode is None:  # timed out, or cancelled at stop
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), _JOIN_TIMEOUT)
+        if proc.returncode:
+            text = err.decode(errors="replace").strip()[:200]
+            log.warning("--on-anomaly exited %d: %s", proc.returncode, text)
+            return False
+        return True
+
+    async def _post(self, client: httpx.AsyncClient, url: str, body: bytes) -> bool:
+        """POST ``body``; each try must complete (reply read in full) within
+        ``hook_timeout`` seconds. 5xx, 408, 429 and network errors are tried again."""
+        tries = self.o.webhook_tries
+        for attempt in range(1, tries + 1):
+            try:
+                async with asyncio.timeout(self.o.hook_timeout):
+                    r = await client.post(
+                        url, content=body, headers={"Content-Type": "application/json"}
                     )
-                    with urllib.request.urlopen(req, timeout=self.o.hooks_timeout):
-                        return
-                except OSError as e:  # URLError and HTTPError are OSErrors
-                    log.warning(
-                        "webhook attempt %d/%d failed: %s", attempt, self.o.webhook_tries, e
-                    )
-                    time.sleep(0.2 * 2**attempt)
+                if r.is_success:
+                    return True
+                why = f"HTTP {r.status_code}"
+                again = r.status_code >= 500 or r.status_code in (408, 429)
+            except TimeoutError:
+                why, again = f"no complete reply within {self.o.hook_timeout:g} s", True
+            except httpx.HTTPError as e:
+                why, again = f"{type(e).__name__}: {e}", True
+            log.warning("webhook attempt %d/%d failed: %s", attempt, tries, why)
+            if not again:
+                break
+            if attempt < tries:
+                await asyncio.sleep(self.o.retry_delay * 2 ** (attempt - 1))
+        return False
 
 
 def _line(rec: dict, n: int, buffer: int) -> str:

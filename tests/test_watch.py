@@ -1,4 +1,5 @@
-"""engine watch against a store being written: live equals batch, hooks, resume, service."""
+"""engine watch against a store being written: live equals batch, hooks, resume, service.
+(Alert queue, stop with stuck webhooks and metrics: test_watch_alerts.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from conftest import UNIT
 from engine.model import ModelParams, walk_forward
 from engine.pipeline import Settings
 from engine.scan import open_store
-from engine.watch import Watcher, WatchOptions
+from engine.watch import Alert, Alerter, Watcher, WatchOptions
 from engine.windows import build_windows
 from recorder import layout
 from recorder.compact import compact_hour
@@ -148,8 +149,9 @@ def test_live_scores_equal_batch_through_rollover_compaction_and_torn_line(
     gaps = live.filter("gap")
     assert gaps.height >= 1 and gaps["score"].null_count() == gaps.height  # flagged, not scored
     assert w.n - P.buffer > 0
-    # The hooks saw every flagged window (the command got the window JSON on stdin).
-    w.hooks.shutdown(wait=True)
+    # The hooks saw every flagged window (the command got the window JSON on stdin): nothing
+    # was pending long enough at stop to be given up.
+    assert w.alerts is not None and (w.alerts.given_up, w.alerts.failed) == (0, 0)
     n_flagged = int((live["prediction"] == -1).sum())
     assert n_flagged > 0
     got = [orjson.loads(x)["window_start_ms"] for x in flagged_file.read_bytes().splitlines()]
@@ -220,37 +222,55 @@ def serve(status: int):
     return srv, handler
 
 
-def test_webhook_and_command_hooks_with_failures(tmp_path, frames_2024, caplog):
-    history(tmp_path, frames_2024[:2000])
+def deliver(opts: WatchOptions, body: bytes) -> Alerter:
+    """Deliver one alert through a real Alerter and close it once it is done."""
+    a = Alerter(opts)
+    try:
+        assert a.submit(Alert(MIDNIGHT, body))
+        deadline = time.monotonic() + 10 * UNIT
+        while a.sent + a.failed < 1:
+            assert time.monotonic() < deadline, "the alert was never delivered"
+            time.sleep(0.02)
+    finally:
+        a.close()
+    return a
+
+
+def test_webhook_and_command_hooks_with_failures(tmp_path, caplog):
     ok, ok_h = serve(200)
     bad, bad_h = serve(500)
+    gone, gone_h = serve(404)
     body = orjson.dumps(
         {"window_start": "2024-08-08T23:58:00.000Z", "score": -0.1, "flagged": True}
     )
     out = tmp_path / "cmd.json"
     try:
-        w = Watcher(
-            settings(tmp_path),
+        a = deliver(
             WatchOptions(
                 webhook=f"http://127.0.0.1:{ok.server_port}/hook", on_anomaly=f"cat > {out}"
             ),
+            body,
         )
-        w._alert(body)
         assert ok_h.bodies == [body] and out.read_bytes() == body
-        w = Watcher(
-            settings(tmp_path),
+        assert (a.sent, a.failed, a.given_up) == (1, 0, 0)
+        a = deliver(
             WatchOptions(
                 webhook=f"http://127.0.0.1:{bad.server_port}/hook",
                 on_anomaly="exit 3",
                 webhook_tries=3,
+                retry_delay=0.01,
             ),
+            body,
         )
-        w._alert(body)  # must not raise
-        assert bad_h.bodies == [body] * 3
-        assert "webhook attempt 3/3 failed: HTTP Error 500" in caplog.text
+        assert bad_h.bodies == [body] * 3  # 5xx: tried again
+        assert (a.sent, a.failed) == (0, 1)
+        assert "webhook attempt 3/3 failed: HTTP 500" in caplog.text
         assert "--on-anomaly exited 3" in caplog.text
+        a = deliver(WatchOptions(webhook=f"http://127.0.0.1:{gone.server_port}/hook"), body)
+        assert gone_h.bodies == [body]  # 4xx: trying again would not help
+        assert "webhook attempt 1/3 failed: HTTP 404" in caplog.text
     finally:
-        for srv in (ok, bad):
+        for srv in (ok, bad, gone):
             srv.shutdown()
             srv.server_close()
 
