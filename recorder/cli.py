@@ -82,6 +82,19 @@ def main() -> None:
     """
 
 
+def _setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per row of ``config.SETTINGS``, with its range checked by click."""
+    for s in reversed(config.SETTINGS):
+        hi = s.hi
+        kind = (
+            click.IntRange(int(s.lo), None if hi is None else int(hi))
+            if s.type is int
+            else click.FloatRange(s.lo, hi)
+        )
+        fn = click.option(s.option, s.name, type=kind, default=s.default, help=s.help)(fn)
+    return fn
+
+
 @main.command(context_settings=CONTEXT)
 @click.option(
     "--symbols", required=True, help="Comma-separated symbols, any case (env TAPEWATCH_SYMBOLS)."
@@ -92,95 +105,20 @@ def main() -> None:
 )
 @click.option("--rest-url", default=config.DEFAULT_REST_URL, help="REST host for backfill.")
 @click.option(
-    "--fsync-interval",
-    type=float,
-    default=config.FSYNC_INTERVAL,
-    help="Seconds between fsyncs of the open hour.",
+    "--metrics-addr",
+    default=None,
+    help="Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108); off by default.",
 )
-@click.option(
-    "--compact-grace",
-    type=float,
-    default=config.COMPACT_GRACE,
-    help="Seconds after an hour ends before it is compacted.",
-)
-@click.option(
-    "--compact-interval",
-    type=float,
-    default=config.COMPACT_INTERVAL,
-    help="Seconds between looks for closed hours.",
-)
-@click.option(
-    "--max-connection-age",
-    type=float,
-    default=config.MAX_CONNECTION_AGE,
-    help="Seconds before a connection is replaced (Binance's limit is 24 h).",
-)
-@click.option(
-    "--overlap-max",
-    type=float,
-    default=config.OVERLAP_MAX,
-    help="Seconds both connections may run while switching.",
-)
-@click.option(
-    "--ping-interval",
-    type=float,
-    default=config.PING_INTERVAL,
-    help="Seconds between keepalive pings.",
-)
-@click.option(
-    "--ping-timeout",
-    type=float,
-    default=config.PING_TIMEOUT,
-    help="Seconds without a pong before a connection counts as dead.",
-)
-@click.option(
-    "--backoff-initial",
-    type=float,
-    default=config.BACKOFF_INITIAL,
-    help="First reconnect delay, seconds (jittered, doubling).",
-)
-@click.option(
-    "--backoff-max",
-    type=float,
-    default=config.BACKOFF_MAX,
-    help="Largest reconnect delay, seconds.",
-)
-@click.option(
-    "--rest-weight-per-minute",
-    type=int,
-    default=config.REST_WEIGHT_PER_MINUTE,
-    help="REST request weight budget (Binance allows 6000).",
-)
-@click.option(
-    "--rest-give-up",
-    type=float,
-    default=config.REST_GIVE_UP,
-    help="Seconds of failing REST before missing ids are recorded as a gap.",
-)
-@click.option(
-    "--open-timeout",
-    type=float,
-    default=config.OPEN_TIMEOUT,
-    help="Seconds to wait for a connection to open.",
-)
-@click.option(
-    "--status-interval",
-    type=float,
-    default=config.STATUS_INTERVAL,
-    help="Seconds between status updates (state/recorder.json, systemd STATUS).",
-)
-@click.option(
-    "--queue-max",
-    type=int,
-    default=config.QUEUE_MAX,
-    help="Trades buffered between socket and disk.",
-)
+@_setting_options
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
 @_errors
 def run(symbols: str, data_dir: Path, log_level: str, **tunables: Any) -> None:
     """Stream trades of SYMBOLS into the store until SIGTERM or SIGINT.
+
+    The stream must open at start; REST (backfill only) may be down: the recorder records
+    the stream and fills gaps once REST answers again.
 
     \b
     Example:
@@ -198,35 +136,63 @@ def run(symbols: str, data_dir: Path, log_level: str, **tunables: Any) -> None:
 @click.option(
     "--grace",
     type=float,
-    default=config.COMPACT_GRACE,
+    default=config.default("compact_grace"),
     help="Only hours that ended this many seconds ago.",
 )
 @click.option("--all", "everything", is_flag=True, help="Compact open hours too.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rebuild torn Parquet files from NDJSON, or move them aside and have the next "
+    "`recorder run` refetch their trades.",
+)
 @_errors
-def compact(data_dir: Path, grace: float, everything: bool) -> None:
+def compact(data_dir: Path, grace: float, everything: bool, repair: bool) -> None:
     """Turn closed hours' NDJSON into Parquet and repair what a crash left behind.
 
-    Idempotent; refuses to run while a recorder writes the same store.
+    Removes temporaries of processes that died, and names torn Parquet files (mended with
+    --repair). Idempotent; refuses to run while a recorder writes the same store.
 
     \b
     Example:
       recorder compact --data-dir data
+      recorder compact --data-dir data --repair
     """
-    from recorder.compact import closed_hours, compact_hour
-    from recorder.store import StoreLock, init_store
+    from recorder.compact import compact_store
+    from recorder.errors import StoreError
+    from recorder.lock import StoreLock
+    from recorder.store import init_store
 
     init_store(data_dir)
     with StoreLock(data_dir):
         now_ms = 2**62 if everything else int(time.time() * 1000)
-        results = [
-            compact_hour(data_dir, d) for d in closed_hours(data_dir, now_ms, int(grace * 1000))
-        ]
-    trades = sum(r.rows for r in results)
-    rejected = sum(r.rejected_lines for r in results)
-    hours = len(results)
+        r = compact_store(data_dir, now_ms, int(grace * 1000), repair)
+    trades = sum(c.rows for c in r.compacted)
+    rejected = sum(c.rejected_lines for c in r.compacted)
     click.echo(
-        f"compacted {hours} hours ({trades} trades); {rejected} unparseable lines quarantined"
+        f"compacted {len(r.compacted)} hours ({trades} trades); "
+        f"{rejected} unparseable lines quarantined"
     )
+    for path in r.removed_temporaries:
+        click.echo(f"removed {path}, left by a process that stopped")
+    for f in r.repaired:
+        ids = ", ".join(f"{m.first}..{m.last}" for m in f.refetch) or "none"
+        click.echo(
+            f"repaired {f.path}: moved aside as {f.moved_to.name}; {f.rows} trades rebuilt "
+            f"from NDJSON; ids to refetch on the next `recorder run`: {ids}"
+        )
+        if f.unknown:
+            click.echo(
+                f"  no earlier hour bounds its first ids: import the archive of that day "
+                f"(recorder fetch-archive) to refill {f.path.parent}",
+                err=True,
+            )
+    if r.unreadable:
+        listed = "; ".join(f"{path} ({why})" for path, why in r.unreadable)
+        raise StoreError(
+            f"{len(r.unreadable)} unreadable Parquet file(s): {listed}; "
+            "run `recorder compact --repair` (stop the recorder first)"
+        )
 
 
 @main.command(context_settings=CONTEXT)
@@ -234,7 +200,8 @@ def compact(data_dir: Path, grace: float, everything: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @_errors
 def status(data_dir: Path, fmt: str) -> None:
-    """Per symbol: last trade, how far behind now, hours stored, gaps; and rejects.
+    """Per symbol: last trade, how far behind now, hours stored, gaps; rejects; and any
+    stored Parquet file that cannot be read.
 
     \b
     Example:
@@ -269,6 +236,12 @@ def status(data_dir: Path, fmt: str) -> None:
     click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    for s in report["symbols"]:
+        for f in s["unreadable_parquet"]:
+            click.echo(
+                f"unreadable {f['path']}: {f['reason']}; "
+                "run `recorder compact --repair` (with the recorder stopped)"
+            )
 
 
 def _bar(label: str):

@@ -47,4 +47,9 @@ class ExchangeError(RecorderError):
 
 
 class RestUnavailable(ExchangeError):
-    pass
+    """``status`` labels the failure for metrics: an HTTP status ("500", "429"), "timeout",
+    "error" (network) or "invalid" (a reply we cannot use)."""
+
+    def __init__(self, message: str, status: str = "error"):
+        super().__init__(message)
+        self.status = status

@@ -9,6 +9,7 @@ REST reply of ``GET /api/v3/historicalTrades?symbol=BTCUSDT&fromId=3735683259&li
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import urllib.error
 import urllib.parse
@@ -16,9 +17,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from recorder.config import HISTORICAL_TRADES_WEIGHT
 from recorder.errors import RestUnavailable
 
 __all__ = [
@@ -29,20 +32,36 @@ __all__ = [
     "fetch_text",
     "fetch_trades",
     "open_stream",
+    "rest_client",
     "rest_ping",
+    "retry_after_seconds",
 ]
 
-HISTORICAL_TRADES_WEIGHT = 25
-# Frames are small; anything larger than this is not a trade frame.
-MAX_FRAME_BYTES = 1 << 20
+# Stream frames are small (a trade is ~200 bytes). Up to this size a frame is read and, if it
+# is not a trade, quarantined; only a larger one ends the connection.
+MAX_FRAME_BYTES = 16 << 20
+# The longest Retry-After we obey: a 418 ban lasts at most 3 days.
+MAX_RETRY_AFTER = 3 * 86_400.0
 
 
 class RateLimited(RestUnavailable):
     """HTTP 429 or 418: wait ``retry_after`` seconds before any further request."""
 
     def __init__(self, status: int, retry_after: float):
-        super().__init__(f"REST answered {status}; retry after {retry_after:g} s")
+        super().__init__(f"REST answered {status}; retry after {retry_after:g} s", str(status))
         self.retry_after = retry_after
+
+
+def retry_after_seconds(header: str | None, default: float = 60.0) -> float:
+    """Seconds from a ``Retry-After`` header (``"30"``); ``default`` for a missing, non-finite
+    or negative value, and never more than ``MAX_RETRY_AFTER``."""
+    try:
+        v = float(header) if header is not None else default
+    except ValueError:
+        return default
+    if not math.isfinite(v) or v < 0:
+        return default
+    return min(v, MAX_RETRY_AFTER)
 
 
 class RestBudget:
@@ -50,6 +69,8 @@ class RestBudget:
     budget whatever the number of symbols; ``clock`` is injectable for tests."""
 
     def __init__(self, weight_per_minute: int, clock=time.monotonic):
+        if weight_per_minute < HISTORICAL_TRADES_WEIGHT:
+            raise ValueError(f"a budget of {weight_per_minute} cannot afford one request")
         self.rate = weight_per_minute / 60.0
         self.capacity = float(weight_per_minute)
         self.tokens = self.capacity
@@ -78,7 +99,7 @@ class RestBudget:
 
 
 async def open_stream(url: str, open_timeout: float) -> ClientConnection:
-    """Open the combined stream. Keepalive is the recorder's own (see service), so the
+    """Open the combined stream. Keepalive is the recorder's own (see connections), so the
     library's is off; ``max_queue`` bounds what websockets buffers when we read slowly."""
     return await connect(
         url,
@@ -91,40 +112,46 @@ async def open_stream(url: str, open_timeout: float) -> ClientConnection:
     )
 
 
-def _get(url: str, timeout: float) -> Any:
-    req = urllib.request.Request(url, headers={"User-Agent": "tapewatch-recorder"})
+def rest_client() -> httpx.AsyncClient:
+    """The recorder's one HTTP client (connection reuse across backfill requests)."""
+    return httpx.AsyncClient(headers={"User-Agent": "tapewatch-recorder"}, follow_redirects=False)
+
+
+async def _get(client: httpx.AsyncClient, url: str, timeout: float) -> Any:
+    """GET ``url`` as JSON within ``timeout`` seconds in all (connect, headers and a body that
+    may trickle in): a slow reply is a failure, never a hang."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return orjson.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        if e.code in (418, 429):
-            try:
-                retry = float(e.headers.get("Retry-After", "60"))
-            except ValueError:
-                retry = 60.0
-            raise RateLimited(e.code, retry) from None
-        raise RestUnavailable(f"REST {url} answered HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise RestUnavailable(f"REST {url} unreachable: {getattr(e, 'reason', e)}") from None
+        async with asyncio.timeout(timeout):
+            resp = await client.get(url, timeout=timeout)
+    except TimeoutError:
+        raise RestUnavailable(f"REST {url} took longer than {timeout:g} s", "timeout") from None
+    except httpx.HTTPError as e:
+        raise RestUnavailable(f"REST {url} unreachable: {e or type(e).__name__}", "error") from None
+    if resp.status_code in (418, 429):
+        raise RateLimited(resp.status_code, retry_after_seconds(resp.headers.get("Retry-After")))
+    if resp.status_code != 200:
+        raise RestUnavailable(f"REST {url} answered HTTP {resp.status_code}", str(resp.status_code))
+    try:
+        return orjson.loads(resp.content)
     except orjson.JSONDecodeError:
-        raise RestUnavailable(f"REST {url} sent a reply that is not JSON") from None
+        raise RestUnavailable(f"REST {url} sent a reply that is not JSON", "invalid") from None
 
 
 async def fetch_trades(
-    rest_url: str, symbol: str, from_id: int, limit: int, timeout: float
+    client: httpx.AsyncClient, rest_url: str, symbol: str, from_id: int, limit: int, timeout: float
 ) -> list[Any]:
     """Up to ``limit`` trades of ``symbol`` from id ``from_id`` on, oldest first."""
     q = urllib.parse.urlencode({"symbol": symbol, "fromId": from_id, "limit": limit})
     url = f"{rest_url.rstrip('/')}/api/v3/historicalTrades?{q}"
-    reply = await asyncio.to_thread(_get, url, timeout)
+    reply = await _get(client, url, timeout)
     if type(reply) is not list:
-        raise RestUnavailable(f"REST {url} did not send a list of trades")
+        raise RestUnavailable(f"REST {url} did not send a list of trades", "invalid")
     return reply
 
 
-async def rest_ping(rest_url: str, timeout: float) -> None:
+async def rest_ping(client: httpx.AsyncClient, rest_url: str, timeout: float) -> None:
     """Check that the REST host answers (weight 1); RestUnavailable if not."""
-    await asyncio.to_thread(_get, f"{rest_url.rstrip('/')}/api/v3/ping", timeout)
+    await _get(client, f"{rest_url.rstrip('/')}/api/v3/ping", timeout)
 
 
 class NotPublished(RestUnavailable):

@@ -99,8 +99,14 @@ def _extra(
     return extra
 
 
-def decode_frame(raw: bytes, recv_us: int, symbols: frozenset[str]) -> Frame:
-    """Classify one WebSocket message; ``symbols`` are the subscribed symbols, upper case."""
+def decode_frame(
+    raw: bytes, recv_us: int, symbols: frozenset[str], max_skew_ms: int | None = None
+) -> Frame:
+    """Classify one WebSocket message; ``symbols`` are the subscribed symbols, upper case.
+
+    With ``max_skew_ms``, a trade whose time lies further than that from its receive time
+    (``recv_us``, UTC µs) is rejected: one trade dated decades away would otherwise stretch
+    every window build over the years between."""
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -132,6 +138,12 @@ def decode_frame(raw: bytes, recv_us: int, symbols: frozenset[str]) -> Frame:
         return Frame(Kind.REJECT, reason="trade id 't' is not a non-negative integer")
     if not (_is_int(ttime) and _MIN_MS <= ttime < _MAX_MS):
         return Frame(Kind.REJECT, reason="trade time 'T' is not UTC milliseconds")
+    if max_skew_ms is not None and abs(ttime - recv_us // 1000) > max_skew_ms:
+        return Frame(
+            Kind.REJECT,
+            reason=f"trade time 'T' is {(ttime - recv_us // 1000) / 1000:+.0f} s from its "
+            "receive time",
+        )
     if "E" in data and not _is_int(data["E"]):
         return Frame(Kind.REJECT, reason="event time 'E' is not an integer")
     if not _number_ok(price, positive=True) or not _number_ok(qty, positive=False):

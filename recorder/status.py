@@ -1,9 +1,8 @@
-"""What ``recorder status`` reports: per symbol, how complete and how current the store is."""
+"""What ``recorder status`` reports: per symbol, how complete and how current the store is,
+and which stored Parquet files cannot be read (``recorder compact --repair`` mends them)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,25 +10,10 @@ from typing import Any
 import orjson
 
 from recorder import layout
-from recorder.store import last_trade, read_gaps, read_missing
+from recorder.lock import holder_pid
+from recorder.store import last_trade, read_gaps, read_missing, unreadable_parquet
 
 __all__ = ["store_status"]
-
-
-def _running_pid(root: Path) -> int | None:
-    """The pid holding the store lock, or None when no recorder runs."""
-    path = root / layout.LOCK
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.read(fd, 32).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
-    finally:
-        os.close(fd)
-    return None
 
 
 def _count_lines(paths: list[Path]) -> int:
@@ -48,14 +32,11 @@ def store_status(root: Path, now_ms: int | None = None) -> dict[str, Any]:
     state = root / layout.STATE / "recorder.json"
     if state.exists():
         live = orjson.loads(state.read_bytes())
-    symbols = sorted(
-        {p.name.split("=", 1)[1] for p in (root / layout.TRADES).glob("symbol=*")}
-        | set(live.get("symbols", {}))
-    )
+    symbols = sorted(set(layout.symbol_dirs(root)) | set(live.get("symbols", {})))
     rows = []
     for s in symbols:
         dirs = layout.hour_dirs(root, s)
-        last = last_trade(root, s)
+        last = last_trade(root, s, skip_unreadable=True)
         gaps = read_gaps(root, s)
         rows.append(
             {
@@ -73,15 +54,19 @@ def store_status(root: Path, now_ms: int | None = None) -> dict[str, Any]:
                 "gaps": len(gaps),
                 "gap_trades": sum(g["last_id"] - g["first_id"] + 1 for g in gaps),
                 "missing_being_fetched": sum(m.last - m.first + 1 for m in read_missing(root, s)),
+                "unreadable_parquet": [
+                    {"path": str(path), "reason": why} for path, why in unreadable_parquet(root, s)
+                ],
             }
         )
     rejects = sorted((root / layout.REJECTS).glob("*.ndjson"))
-    pid = _running_pid(root)
+    pid = holder_pid(root)
     return {
         "data_dir": str(root),
         "recorder_running": pid is not None,
         "pid": pid,
         "rejects": _count_lines(rejects),
         "stats": live.get("stats", {}) if pid is not None else {},
+        "rest_unavailable_since": live.get("rest_unavailable_since") if pid is not None else None,
         "symbols": rows,
     }

@@ -1,11 +1,22 @@
 """Reading the store back: NDJSON lines (tolerating a torn tail), the last stored trade,
-gaps and state, and the lock that keeps two writers off one data directory."""
+gaps and state, and the lock that keeps two writers off one data directory.
+
+Readers and compaction run at the same time. Compaction only ever adds a file (the hour's
+Parquet, renamed in) before it deletes the files that went into it, and it brackets every
+deletion with ``changing(root)``, which bumps ``state/generation`` to an odd number and back to
+even. So a reader that lists an hour once and reads what it listed sees every trade (a file
+that vanished under it raises FileNotFoundError: list again), and a reader that cannot list
+atomically (DuckDB's globs) compares ``generation(root)`` before and after and reads again if
+it moved.
+"""
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import io
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +24,8 @@ import orjson
 import polars as pl
 
 from recorder import layout
-from recorder.errors import StoreError, StoreLockedError
+from recorder.errors import StoreError
+from recorder.lock import StoreLock
 from recorder.schema import LINE_SCHEMA, PARQUET_SCHEMA, lines_to_table
 from recorder.tracker import Missing
 from recorder.writer import atomic_write, check_writable
@@ -21,11 +33,19 @@ from recorder.writer import atomic_write, check_writable
 __all__ = [
     "BadLine",
     "StoreLock",
+    "add_missing",
+    "changing",
+    "generation",
+    "hour_files",
     "init_store",
     "last_trade",
+    "parquet_problem",
+    "pid_alive",
     "read_gaps",
     "read_missing",
     "read_ndjson",
+    "settled_generation",
+    "unreadable_parquet",
 ]
 
 STORE_FORMAT = 1
@@ -100,37 +120,104 @@ def parse_ndjson(
     return lines_to_table(lines), bad
 
 
+def hour_files(hour_dir: Path, include_active: bool = True) -> tuple[Path | None, list[Path]]:
+    """(the Parquet file or None, the NDJSON files) of an hour, from one listing of the
+    directory, so that a compaction finishing meanwhile cannot hide both copies of a trade."""
+    try:
+        names = os.listdir(hour_dir)
+    except FileNotFoundError:
+        return None, []
+    ndjson = sorted(
+        hour_dir / n
+        for n in names
+        if n.endswith(".ndjson") and not n.startswith(".")
+        if include_active or n != layout.ACTIVE_NDJSON
+    )
+    return (hour_dir / layout.PARQUET if layout.PARQUET in names else None), ndjson
+
+
 def hour_ndjson(hour_dir: Path, include_active: bool = True) -> list[Path]:
     """The NDJSON files of an hour; without the one a running writer may still append to."""
-    return sorted(
-        p for p in hour_dir.glob("*.ndjson") if include_active or p.name != layout.ACTIVE_NDJSON
-    )
+    return hour_files(hour_dir, include_active)[1]
+
+
+_RELIST = 20  # listings of one hour before giving up on a store that keeps changing
 
 
 def read_hour(hour_dir: Path, include_active: bool = True) -> tuple[pl.DataFrame, list[BadLine]]:
-    """All rows of one hour directory (Parquet plus NDJSON), not yet deduplicated."""
-    frames, bad = [], []
-    pq = hour_dir / layout.PARQUET
-    if pq.exists():
+    """All rows of one hour directory (Parquet plus NDJSON), not yet deduplicated. A file
+    that vanishes while read (compacted meanwhile) makes it list the hour again."""
+    for _ in range(_RELIST):
+        pq, ndjson = hour_files(hour_dir, include_active)
+        frames, bad = [], []
         try:
-            frames.append(pl.read_parquet(pq).select(list(PARQUET_SCHEMA)))
-        except Exception as e:
-            raise StoreError(f"{pq} is not a readable Parquet file ({e}); move it aside") from None
-    for path in hour_ndjson(hour_dir, include_active):
-        table, b = read_ndjson(path)
-        frames.append(table)
-        bad.extend(b)
-    if not frames:
-        return pl.DataFrame(schema=PARQUET_SCHEMA), bad
-    return pl.concat(frames, how="vertical"), bad
+            if pq is not None:
+                frames.append(_read_stored_parquet(pq))
+            for path in ndjson:
+                table, b = read_ndjson(path)
+                frames.append(table)
+                bad.extend(b)
+        except FileNotFoundError:
+            continue
+        if not frames:
+            return pl.DataFrame(schema=PARQUET_SCHEMA), bad
+        return pl.concat(frames, how="vertical"), bad
+    raise StoreError(f"{hour_dir} kept changing while read; run the command again")
 
 
-def last_trade(root: Path, symbol: str) -> tuple[int, int] | None:
+def _read_stored_parquet(pq: Path) -> pl.DataFrame:
+    try:
+        with open(pq, "rb") as f:  # one open: a file renamed over it meanwhile is not mixed in
+            return pl.read_parquet(f).select(list(PARQUET_SCHEMA))
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        reason = str(e).splitlines()[0][:120]
+        raise StoreError(
+            f"{pq} is not a readable Parquet file ({reason}); "
+            "run `recorder compact --repair` to rebuild it or move it aside and refetch its trades"
+        ) from None
+
+
+def parquet_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable Parquet file (torn, truncated, not Parquet), or None.
+    Reads only the footer, so checking every hour of a store is cheap."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+        if meta.num_columns < len(PARQUET_SCHEMA):
+            return f"{meta.num_columns} columns, expected {len(PARQUET_SCHEMA)}"
+    except FileNotFoundError:
+        return None  # compacted or repaired meanwhile
+    except Exception as e:
+        return str(e).splitlines()[0][:120] or type(e).__name__
+    return None
+
+
+def unreadable_parquet(root: Path, symbol: str | None = None) -> list[tuple[Path, str]]:
+    """(file, reason) of every stored Parquet hour whose footer cannot be read."""
+    out = []
+    for d in layout.hour_dirs(root, symbol):
+        pq = d / layout.PARQUET
+        problem = parquet_problem(pq) if pq.exists() else None
+        if problem is not None:
+            out.append((pq, problem))
+    return out
+
+
+def last_trade(root: Path, symbol: str, skip_unreadable: bool = False) -> tuple[int, int] | None:
     """(trade id, trade time UTC ms) of the highest stored trade of ``symbol``, or None.
+    An unreadable Parquet file is a StoreError, or with ``skip_unreadable`` passed over.
 
     Ids grow with trade time, so only the newest hour directories need reading."""
     for d in reversed(layout.hour_dirs(root, symbol)):
-        table, _ = read_hour(d)
+        try:
+            table, _ = read_hour(d)
+        except StoreError:
+            if skip_unreadable:
+                continue
+            raise
         if table.height:
             row = table.select(
                 pl.col("trade_id").max(),
@@ -165,30 +252,90 @@ def read_missing(root: Path, symbol: str) -> list[Missing]:
     return [Missing(*m) for m in state.get("missing", [])]
 
 
-class StoreLock:
-    """An exclusive lock on a data directory, held while a recorder runs or compaction runs."""
+def add_missing(root: Path, symbol: str, ranges: list[Missing]) -> None:
+    """Add ``ranges`` to the ids the next ``recorder run`` of ``symbol`` fetches from REST
+    (``state/SYMBOL.json``, ``"missing"``: ``[[first_id, last_id, after_ms, before_ms], ...]``).
+    Only while no recorder runs (the caller holds the store lock): a running one rewrites it."""
+    if not ranges:
+        return
+    path = root / layout.STATE / f"{symbol}.json"
+    state = orjson.loads(path.read_bytes()) if path.exists() else {}
+    have = [Missing(*m) for m in state.get("missing", [])]
+    new: list[Missing] = []
+    for r in ranges:  # only ids not listed yet: a listed id would be fetched (and stored) twice
+        pieces = [r]
+        for h in have + new:
+            pieces = [
+                Missing(lo, hi, p.after_time, p.before_time)
+                for p in pieces
+                for lo, hi in (
+                    (p.first, min(p.last, h.first - 1)),
+                    (max(p.first, h.last + 1), p.last),
+                )
+                if lo <= hi
+            ]
+        new += pieces
+    state["missing"] = [m.as_list() for m in sorted(have + new, key=lambda m: m.first)]
+    atomic_write(path, orjson.dumps(state))
 
-    def __init__(self, root: Path):
-        self.path = root / layout.LOCK
-        self._fd: int | None = None
 
-    def __enter__(self) -> StoreLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StoreLockedError(
-                f"{self.path.parent} is in use by another recorder (pid {holder}); "
-                "stop it first, or use another --data-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists (possibly another user's)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+
+def _read_generation(root: Path) -> tuple[int, int]:
+    try:
+        parts = (root / layout.GENERATION).read_text().split()
+        return int(parts[0]), int(parts[1])
+    except (FileNotFoundError, IndexError, ValueError):
+        return 0, 0
+
+
+def _write_generation(root: Path, value: int) -> None:
+    # No fsync: readers compare it within one query, and a crash ends every change anyway.
+    path = root / layout.GENERATION
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(f"{value} {os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def generation(root: Path) -> int | None:
+    """The store's generation: it changes whenever stored files were deleted or replaced.
+    None while a live process is doing so (the reader should wait a moment and look again);
+    an odd value left by a process that died mid-change counts as settled."""
+    value, pid = _read_generation(root)
+    if value % 2 and pid_alive(pid):
+        return None
+    return value
+
+
+@contextlib.contextmanager
+def changing(root: Path) -> Iterator[None]:
+    """Bracket a deletion or replacement of stored files, for readers that check
+    ``generation`` (odd while inside, a new even value after)."""
+    value, _ = _read_generation(root)
+    _write_generation(root, value + 1 if value % 2 == 0 else value + 2)
+    try:
+        yield
+    finally:
+        _write_generation(root, (value + 1 if value % 2 == 0 else value + 2) + 1)
+
+
+def settled_generation(root: Path, timeout: float = 5.0) -> int:
+    """``generation(root)``, waiting up to ``timeout`` seconds for a change to finish."""
+    deadline = time.monotonic() + timeout
+    while (g := generation(root)) is None:
+        if time.monotonic() > deadline:
+            raise StoreError(f"{root} is being compacted for more than {timeout:.0f} s; try again")
+        time.sleep(0.005)
+    return g

@@ -45,6 +45,9 @@ def start(
         "1",
         "--status-interval",
         "0.2",
+        # The capture is from 2024: replaying it today is years of clock skew.
+        "--max-clock-skew",
+        str(10 * 365 * 86400),
         *extra,
     ]
     # Logs go to a file, not a pipe, so a chatty recorder can never block on a full pipe.
@@ -140,6 +143,7 @@ def test_no_watchdog_ping_when_nothing_arrives(frames_2024):
     import asyncio
 
     from recorder.config import RecorderConfig
+    from recorder.housekeeping import Housekeeping
     from recorder.sdnotify import Notifier
     from recorder.service import Recorder
 
@@ -156,10 +160,11 @@ def test_no_watchdog_ping_when_nothing_arrives(frames_2024):
         rec = Recorder(
             RecorderConfig(symbols=("BTCUSDT",), data_dir=Path("/nonexistent")), notifier=n
         )
-        task = asyncio.create_task(rec._watchdog_loop())
+        house = Housekeeping(rec, lock=None)
+        task = asyncio.create_task(house.watchdog_loop())
         await asyncio.sleep(0.5 * UNIT)
         alive = n.sent.count("WATCHDOG=1")
-        rec.last_activity -= 10  # nothing arrived for 10 s
+        rec.conns.last_activity -= 10  # nothing arrived for 10 s
         n.sent.clear()
         await asyncio.sleep(0.5 * UNIT)
         task.cancel()

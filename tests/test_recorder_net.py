@@ -12,8 +12,9 @@ from fakebinance import FakeBinance
 from test_frames import MALFORMED
 
 from recorder import layout
+from recorder.backfill import backoff_delays
 from recorder.errors import ConfigError
-from recorder.service import Recorder, backoff_delay
+from recorder.service import Recorder
 from recorder.status import store_status
 from recorder.store import read_gaps
 
@@ -24,7 +25,7 @@ async def record(
     """Run a recorder while the market replays; returns it after a clean stop."""
     rec = Recorder(cfg, seed=1)
     task = asyncio.create_task(rec.run())
-    await wait_for(lambda: rec._conns or task.done(), 5, "first connection")
+    await wait_for(lambda: rec.conns.open or task.done(), 5, "first connection")
     if task.done():
         await task
     if before:
@@ -231,7 +232,9 @@ def test_restart_reads_the_last_id_back_and_catches_up_a_quiet_symbol(tmp_path, 
     exactly_once(tmp_path, frames)
 
 
-def test_unreachable_stream_at_start_is_a_config_error(tmp_path, frames_2024):
+def test_a_bad_start_is_a_config_error(tmp_path, frames_2024):
+    """A stream that cannot be opened, a malformed URL or a host that does not resolve stops
+    the start with one clear error; REST being down does not (see test_recorder_faults)."""
     with FakeBinance(frames_2024[:10]) as fake:
         fake.refuse = True
         with pytest.raises(
@@ -239,17 +242,32 @@ def test_unreachable_stream_at_start_is_a_config_error(tmp_path, frames_2024):
         ):
             asyncio.run(Recorder(fast_config(tmp_path, fake)).run())
         fake.refuse = False
-        cfg = fast_config(tmp_path, fake, rest_url="http://127.0.0.1:9")
-        with pytest.raises(
-            ConfigError,
-            match=r"REST http://127\.0\.0\.1:9/api/v3/ping unreachable.*check --rest-url",
-        ):
-            asyncio.run(Recorder(cfg).run())
+        for kw, message in [
+            (
+                {"rest_url": "ftp://example.com"},
+                r"--rest-url 'ftp://example.com' is not a http/https URL",
+            ),
+            (
+                {"rest_url": "http://host:99999"},
+                r"--rest-url 'http://host:99999' is not a http/https URL",
+            ),
+            (
+                {"ws_url": "http://127.0.0.1:1"},
+                r"--ws-url 'http://127.0.0.1:1' is not a ws/wss URL",
+            ),
+            (
+                {"rest_url": "http://api.nonexistent.invalid"},
+                r"--rest-url host 'api.nonexistent.invalid' does not exist",
+            ),
+        ]:
+            with pytest.raises(ConfigError, match=message):
+                asyncio.run(Recorder(fast_config(tmp_path, fake, **kw)).run())
 
 
 def test_backoff_is_capped_jittered_and_never_zero():
     rng = random.Random(3)
-    delays = [backoff_delay(n, 1.0, 60.0, rng) for n in range(1, 30)]
+    gen = backoff_delays(1.0, 60.0, rng)
+    delays = [next(gen) for _ in range(1, 30)]
     assert all(0.5 <= d <= 1.0 for d in delays[:1])
     assert all(30.0 <= d <= 60.0 for d in delays[7:])
     # A sustained outage: attempts in 5 minutes stay far below Binance's 300.
@@ -275,10 +293,10 @@ def test_a_slow_disk_gives_backpressure_not_unbounded_memory(tmp_path, frames_20
         async def sample():
             nonlocal peak
             while True:
-                peak = max(peak, rec._queue.qsize())
+                peak = max(peak, rec.sink.queue.qsize())
                 await asyncio.sleep(0.005)
 
-        rec.writer = SlowDisk(tmp_path)
+        rec.sink.writer = SlowDisk(tmp_path)
         asyncio.get_running_loop().create_task(sample())
 
     with FakeBinance(frames, rate=8000) as fake:

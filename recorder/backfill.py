@@ -1,0 +1,180 @@
+"""What to fetch from REST, what a reply means, and when to stop trying (pure: no I/O, no
+clock of its own; times come in as arguments).
+
+One ``SymbolBackfill`` per symbol wraps that symbol's ``IdTracker``:
+
+    next_step(now) ──> Request(from_id, limit, ...) ──(service fetches)──> judge(reply) ──> Verdict
+         │                                                        └─ failed(now) on an error
+         └─> Wait(seconds) while backing off after failures, or None when there is nothing to do
+
+A reply is trusted only as far as it fits: ids inside the requested range and strictly
+increasing, times inside the neighbours' times (a REST reply carrying another symbol's trades,
+or one far-off trade time, is quarantined instead of poisoning the tracker).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from recorder.frames import Frame, Kind, decode_rest_trade
+from recorder.tracker import IdTracker, Missing
+
+__all__ = ["Request", "SymbolBackfill", "Verdict", "Wait", "backoff_delays"]
+
+NOT_SERVED = "not served by REST"
+UNAVAILABLE = "REST unavailable"
+
+
+def backoff_delays(initial: float, cap: float, rng: random.Random) -> Iterator[float]:
+    """Seconds to wait before each retry: exponential from ``initial``, capped at ``cap``, with
+    "equal jitter" (half fixed, half random) so a fleet never retries in lockstep and a delay
+    never collapses to zero. A fresh generator starts over, which is how retries reset."""
+    d = initial
+    while True:
+        yield d / 2 + rng.uniform(0, d / 2)
+        d = min(cap, d * 2)
+
+
+@dataclass(frozen=True)
+class Request:
+    """Ask REST for ``limit`` trades from id ``from_id`` on. ``gap`` is the missing range
+    being filled (None: catching up past the highest stored id). Trade times (UTC ms) must
+    not go below ``lo_time`` (the neighbour before), must not pass the gap's ``before_time``
+    for ids inside the gap, and never ``ceiling`` (now plus the allowed clock skew)."""
+
+    symbol: str
+    from_id: int
+    limit: int
+    gap: Missing | None
+    lo_time: int
+    ceiling: int
+
+    def hi_time(self, trade_id: int) -> int:
+        g = self.gap
+        if g is not None and trade_id <= g.last and g.after_time <= g.before_time:
+            return min(g.before_time, self.ceiling)
+        return self.ceiling
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a reply means: ``store`` these trades (in id order), quarantine ``rejects``
+    (raw item as bytes, reason), record ``gaps`` as unfetchable for ``gap_reason``.
+    ``usable`` is False when a non-empty reply held nothing we could trust: a failure."""
+
+    store: list[Frame] = field(default_factory=list)
+    rejects: list[tuple[bytes, str]] = field(default_factory=list)
+    gaps: list[Missing] = field(default_factory=list)
+    gap_reason: str = NOT_SERVED
+    usable: bool = True
+
+
+class SymbolBackfill:
+    """Backfill state of one symbol: its tracker, whether a catch-up past the highest stored
+    id is due (after every start and reconnect), and the failure back-off."""
+
+    def __init__(
+        self,
+        symbol: str,
+        tracker: IdTracker,
+        *,
+        limit: int,
+        give_up_after: float,
+        max_skew_ms: int,
+        delays: Callable[[], Iterator[float]],
+    ):
+        self.symbol = symbol
+        self.tracker = tracker
+        self.limit = limit
+        self.give_up_after = give_up_after
+        self.max_skew_ms = max_skew_ms
+        self._new_delays = delays
+        self._delays: Iterator[float] | None = None
+        self.catchup = False
+        self.failing_since: float | None = None
+        self.retry_at = 0.0
+
+    def request_catchup(self) -> None:
+        if self.tracker.high is not None:
+            self.catchup = True
+
+    def next_step(self, now: float, now_ms: int) -> Request | Wait | None:
+        """The next request to make (``now``: monotonic seconds; ``now_ms``: UTC ms)."""
+        t = self.tracker
+        gap = t.first_missing()
+        if gap is None and not (self.catchup and t.high is not None):
+            self.catchup = False
+            return None
+        if now < self.retry_at:
+            return Wait(self.retry_at - now)
+        ceiling = now_ms + self.max_skew_ms
+        if gap is not None:
+            return Request(self.symbol, gap.first, self.limit, gap, gap.after_time, ceiling)
+        assert t.high is not None
+        return Request(self.symbol, t.high + 1, self.limit, None, t.high_time, ceiling)
+
+    def judge(self, req: Request, items: list[Any], recv_us: int) -> Verdict:
+        """Sort a reply into trades to store, rejects, and ids REST does not have."""
+        store: list[Frame] = []
+        rejects: list[tuple[bytes, str]] = []
+        last_id, last_time = req.from_id - 1, req.lo_time
+        top = req.from_id + req.limit - 1
+        for item in items:
+            f = decode_rest_trade(item, req.symbol, recv_us)
+            why = f.reason if f.kind is not Kind.TRADE else ""
+            if not why and not last_id < f.trade_id <= top:
+                why = f"REST trade id {f.trade_id} outside the requested {req.from_id}..{top}"
+                why += " or out of order" if req.from_id <= f.trade_id <= top else ""
+            elif not why and not last_time <= f.trade_time <= req.hi_time(f.trade_id):
+                why = f"REST trade time {f.trade_time} outside its neighbours' times"
+            if why:
+                rejects.append((_raw(item), why))
+                continue
+            store.append(f)
+            last_id, last_time = f.trade_id, f.trade_time
+        if items and not store:
+            return Verdict(rejects=rejects, usable=False)
+        self.failing_since, self._delays, self.retry_at = None, None, 0.0
+        gaps: list[Missing] = []
+        if req.gap is not None:
+            first = store[0].trade_id if store else None
+            if first is None or first > req.gap.first:
+                last = req.gap.last if first is None else min(req.gap.last, first - 1)
+                gaps = self.tracker.give_up(req.gap.first, last)
+        elif len(items) < req.limit:
+            self.catchup = False
+        return Verdict(store, rejects, gaps)
+
+    def failed(self, req: Request, now: float) -> list[Missing]:
+        """A request failed at ``now`` (monotonic s). Either schedules a retry (returns []) or,
+        once REST has failed for ``give_up_after`` seconds, gives up: the missing ids become
+        gaps (returned) and a catch-up is dropped."""
+        if self.failing_since is None:
+            self.failing_since = now
+            self._delays = self._new_delays()
+        if now - self.failing_since >= self.give_up_after:
+            self.failing_since, self._delays, self.retry_at = None, None, 0.0
+            self.catchup = False
+            if req.gap is None:
+                return []
+            return self.tracker.give_up(req.gap.first, self.tracker.missing[-1].last)
+        assert self._delays is not None
+        self.retry_at = now + next(self._delays)
+        return []
+
+
+def _raw(item: Any) -> bytes:
+    import orjson
+
+    try:
+        return orjson.dumps(item)
+    except TypeError:
+        return repr(item).encode()

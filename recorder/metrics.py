@@ -1,0 +1,131 @@
+"""Prometheus metrics of a running recorder (``recorder run --metrics-addr HOST:PORT``).
+
+Counters are read from the recorder's own counters at scrape time, so a scrape and
+``state/recorder.json`` never disagree. Each recorder has its own registry.
+
+    tapewatch_recorder_trades_total            trades stored (stream and REST)
+    tapewatch_recorder_frames_total            WebSocket messages received
+    tapewatch_recorder_rejects_total           frames and REST items quarantined
+    tapewatch_recorder_duplicates_total        trades dropped as already stored
+    tapewatch_recorder_backfilled_total        trades fetched from REST
+    tapewatch_recorder_gaps_recorded_total     id ranges recorded as unfetchable
+    tapewatch_recorder_reconnects_total{cause} dropped | no_pong | serverShutdown | maximum_age
+    tapewatch_recorder_rest_requests_total{status}  REST replies by HTTP status, timeout, error
+    tapewatch_recorder_lag_seconds{symbol}     now minus the last stored trade's time
+    tapewatch_recorder_queue_depth             items waiting for the disk writer
+    tapewatch_recorder_rest_down               1 while REST fails, else 0
+    tapewatch_recorder_fsync_latency_seconds   receive-to-fsync latency (histogram)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from recorder.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recorder.service import Recorder
+
+__all__ = ["RecorderMetrics", "parse_addr"]
+
+log = logging.getLogger("recorder")
+_P = "tapewatch_recorder_"
+_COUNTERS = {
+    "trades": "Trades stored (stream and REST).",
+    "frames": "WebSocket messages received.",
+    "rejects": "Frames and REST items quarantined.",
+    "duplicates": "Trades dropped as already stored.",
+    "backfilled": "Trades fetched from REST.",
+    "gaps_recorded": "Id ranges recorded as unfetchable.",
+}
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9108"`` -> ``("127.0.0.1", 9108)``; ConfigError for anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--metrics-addr {text!r} is not HOST:PORT; give e.g. 127.0.0.1:9108")
+    return host.strip("[]"), int(port)
+
+
+class _Collector(Collector):
+    def __init__(self, rec: Recorder):
+        self.rec = rec
+
+    def collect(self) -> Iterator[Metric]:
+        rec, st = self.rec, self.rec.stats
+        for key, text in _COUNTERS.items():
+            yield CounterMetricFamily(_P + key, text, value=st[key])
+        causes = CounterMetricFamily(
+            _P + "reconnects", "Connections replaced, by cause.", labels=["cause"]
+        )
+        causes.add_metric(["dropped"], st["disconnects"] - st["dead_connections"])
+        causes.add_metric(["no_pong"], st["dead_connections"])
+        causes.add_metric(["serverShutdown"], st["switch_serverShutdown"])
+        causes.add_metric(["maximum_age"], st["switch_maximum age"])
+        yield causes
+        rest = CounterMetricFamily(
+            _P + "rest_requests", "REST replies by status.", labels=["status"]
+        )
+        for status, n in sorted(rec.ingest.rest_status.items()):
+            rest.add_metric([status], n)
+        yield rest
+        lag = GaugeMetricFamily(
+            _P + "lag_seconds", "Now minus the last stored trade time.", labels=["symbol"]
+        )
+        now_ms = time.time() * 1000
+        for s, t in sorted(rec.trackers.items()):
+            if t.high is not None:
+                lag.add_metric([s], (now_ms - t.high_time) / 1000)
+        yield lag
+        yield GaugeMetricFamily(
+            _P + "queue_depth", "Items waiting for the disk writer.", value=rec.sink.queue.qsize()
+        )
+        yield GaugeMetricFamily(
+            _P + "rest_down",
+            "1 while REST fails.",
+            value=float(rec.ingest.rest_down_since is not None),
+        )
+
+
+class RecorderMetrics:
+    def __init__(self, rec: Recorder):
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(rec))
+        self.latency = Histogram(
+            _P + "fsync_latency_seconds",
+            "Receive-to-fsync latency of each trade.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self._server: WSGIServer | None = None
+        self.port: int | None = None
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency.observe(seconds)
+
+    def serve(self, addr: str) -> int:
+        """Serve /metrics on ``addr`` (port 0: any free port); returns the port."""
+        host, port = parse_addr(addr)
+        try:
+            server, _ = start_http_server(port, host, registry=self.registry)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {addr} ({e.strerror})") from None
+        self._server = server
+        self.port = int(server.server_address[1])
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
