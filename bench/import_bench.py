@@ -1,7 +1,9 @@
 """Archive import: a Binance-format zip of ``--trades`` synthetic trades (monthly file name)
 imported by ``recorder import-archive`` as its own process; prints trades/s and peak RSS.
+``--one-hour N`` adds a zip bomb: N trades all in one hour (memory must not grow with it).
 
     python bench/import_bench.py --trades 10000000
+    python bench/import_bench.py --trades 3000000 --one-hour 30000000
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--trades", type=int, default=10_000_000)
+    ap.add_argument(
+        "--one-hour", type=int, default=0, help="Also import this many trades in one hour."
+    )
     args = ap.parse_args()
-    n = args.trades
+    measure(args.trades, 31 * 86_400_000 * args.trades / 120_000_000, "")  # ~120 M a month
+    if args.one_hour:
+        measure(args.one_hour, 3_600_000, " in one hour")
+
+
+def measure(n: int, span: float, label: str) -> None:
+    """Build a zip of ``n`` trades over ``span`` ms, import it, print one line of figures."""
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         z = Path(tmp) / "BTCUSDT-trades-2024-08.zip"
-        span = 31 * 86_400_000 * n / 120_000_000  # ~120 M trades a month
         df = pl.DataFrame(
             {
                 "id": np.arange(1, n + 1),
@@ -62,7 +72,7 @@ def main() -> None:
         )
         pq = sum(p.stat().st_size for p in (Path(tmp) / "d").glob("trades/symbol=*/**/*.parquet"))
         print(
-            f"import-archive: {n:,} trades ({z.stat().st_size / 1e6:.0f} MB zip) in {secs:.1f} s = {n / secs:,.0f} trades/s, "
+            f"import-archive: {n:,} trades{label} ({z.stat().st_size / 1e6:.0f} MB zip) in {secs:.1f} s = {n / secs:,.0f} trades/s, "
             f"peak RSS {rss:.0f} MB, Parquet {pq / n:.1f} bytes/trade"
         )
 

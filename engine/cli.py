@@ -166,12 +166,12 @@ def settings(kw: dict[str, Any]):
             f.strip() for f in kw.get("features", ",".join(config.FEATURES)).split(",") if f.strip()
         ),
     )
-    symbol = kw["symbol"].strip()
-    if not symbol.isalnum():
-        raise InputError(f"symbol {symbol!r} is not alphanumeric")
+    from engine.scan import parse_symbol
+
+    symbol = parse_symbol(kw["symbol"])
     return Settings(
         data_dir=kw["data_dir"],
-        symbol=symbol.upper(),
+        symbol=symbol,
         every_ms=parse_duration(kw["every"]),
         start_ms=parse_time(kw["start"]) if kw.get("start") else None,
         end_ms=parse_time(kw["end"]) if kw.get("end") else None,
@@ -386,10 +386,10 @@ def simulate(data_dir: Path, symbol: str, days: float, seed: int) -> None:
     """
     import time as _time
 
+    from engine.scan import parse_symbol
     from engine.simulate import write_simulation
 
-    if not symbol.isalnum():
-        raise InputError(f"symbol {symbol!r} is not alphanumeric")
+    symbol = parse_symbol(symbol)
     if not 0 < days <= 400:
         raise InputError("--days must be in (0, 400]")
     t0 = _time.monotonic()
@@ -447,6 +447,22 @@ def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
 @click.option(
     "--webhook", default=None, help="URL to POST a flagged window's JSON to (with retries)."
 )
+@click.option("--webhook-tries", default=config.WEBHOOK_TRIES, help="Tries per alert (1-10).")
+@click.option(
+    "--hook-timeout",
+    default=config.HOOK_TIMEOUT,
+    help="Seconds one webhook request (reply included) or --on-anomaly run may take, in all.",
+)
+@click.option(
+    "--alert-queue-max",
+    default=config.ALERT_QUEUE_MAX,
+    help="Alerts waiting for or in delivery; more are dropped (and counted).",
+)
+@click.option(
+    "--metrics-addr",
+    default=None,
+    help="Serve Prometheus metrics on HOST:PORT (port 0: any free port, logged); default off.",
+)
 @click.option(
     "--results",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -463,17 +479,23 @@ def watch(
     fmt: str,
     on_anomaly: str | None,
     webhook: str | None,
+    webhook_tries: int,
+    hook_timeout: float,
+    alert_queue_max: int,
+    metrics_addr: str | None,
     results: Path | None,
     log_level: str,
     **kw: Any,
 ) -> None:
     """Score each window as it closes, exactly as `engine score` would, and raise alerts.
 
-    Resumes after the last window it scored; stops cleanly on SIGTERM or Ctrl-C.
+    Resumes after the last window it scored; stops on SIGTERM or Ctrl-C within a few
+    seconds, giving up (and counting) alerts not delivered by then.
 
     \b
     Example:
       engine watch --data-dir data --symbol btcusdt --every 20s --webhook http://localhost:9000/hook
+      engine watch --data-dir data --symbol btcusdt --metrics-addr 127.0.0.1:9109
     """
     import logging
     import signal
@@ -481,18 +503,22 @@ def watch(
     from engine.watch import Watcher, WatchOptions
     from recorder.sdnotify import Notifier
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
     opts = WatchOptions(
         grace_ms=parse_duration(grace),
         poll=poll,
         fmt=fmt,
         on_anomaly=on_anomaly,
         webhook=webhook,
+        webhook_tries=webhook_tries,
+        hook_timeout=hook_timeout,
+        alert_queue_max=alert_queue_max,
+        metrics_addr=metrics_addr,
         results=results,
+    )
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
     )
     w = Watcher(settings(kw), opts, notifier=Notifier())
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,21 +4,31 @@ Only the columns the windows need are read. Hours that are Parquet only are alre
 by trade id (compaction made them so) and are scanned directly; hours that still hold NDJSON
 (the open hour, or what a crash left) are read with their Parquet and deduplicated. Memory is
 bounded by one chunk, not by the length of history. The store is never written.
+
+The recorder may compact an hour while it is read: it renames the Parquet file in before it
+deletes the NDJSON files. Each hour is listed once (one ``listdir``) and exactly the files
+listed are read, so every trade is in what was read; a file that vanished before it was opened
+(or a Parquet file replaced under the reader) fails the read, and the chunk is listed and read
+again. A reader never returns fewer trades than the store held when it started.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from engine.errors import DataError
+from engine.errors import DataError, InputError
 from recorder import layout
-from recorder.store import parse_ndjson, read_gaps, read_ndjson
+from recorder.store import hour_files, parse_ndjson, read_gaps
 
-__all__ = ["COLUMNS", "DAY_MS", "EMPTY_TRADES", "StoreIndex", "open_store"]
+__all__ = ["COLUMNS", "DAY_MS", "EMPTY_TRADES", "StoreIndex", "open_store", "parse_symbol"]
+
+_SYMBOL = re.compile(r"[A-Za-z0-9]+")
+_RELIST = 20  # reads of a chunk that keeps changing under the reader before giving up
 
 COLUMNS = ["trade_id", "trade_time", "price", "qty", "is_buyer_maker"]
 DAY_MS = 86_400_000
@@ -94,6 +104,18 @@ class StoreIndex:
 
     def load(self, start_ms: int, end_ms: int) -> pl.DataFrame:
         """Trades with ``start_ms <= trade time < end_ms``, unique by id, sorted by time then id."""
+        error: Exception | None = None
+        for _ in range(_RELIST):
+            try:
+                return self._load(start_ms, end_ms)
+            except (OSError, pl.exceptions.PolarsError) as e:  # compacted while read: again
+                error = e
+        raise DataError(
+            f"the hours of {self.symbol} from {start_ms} ms kept changing while read "
+            f"({(str(error) or type(error).__name__).splitlines()[0][:120]}); try again"
+        )
+
+    def _load(self, start_ms: int, end_ms: int) -> pl.DataFrame:
         parquet: list[Path] = []
         mixed: list[pl.DataFrame] = []
         for hour in range(start_ms // layout.HOUR_MS, (end_ms - 1) // layout.HOUR_MS + 1):
@@ -105,11 +127,11 @@ class StoreIndex:
                 self.hours[hour] = d
             if d is None:
                 continue
-            if not any(d.glob("*.ndjson")):
-                if (d / layout.PARQUET).exists():
-                    parquet.append(d / layout.PARQUET)
-                continue
-            mixed.append(self._mixed_hour(d))
+            pq, ndjson = hour_files(d)
+            if ndjson:
+                mixed.append(self._mixed_hour(pq, ndjson))
+            elif pq is not None:
+                parquet.append(pq)
         parts = ([_read_parquet(parquet)] if parquet else []) + mixed
         if not parts:
             return EMPTY_TRADES
@@ -123,45 +145,48 @@ class StoreIndex:
             return t
         return t.sort("trade_time", "trade_id")
 
-    def _mixed_hour(self, d: Path) -> pl.DataFrame:
-        """An hour with NDJSON (open, or left by a crash), deduplicated. Compaction may
-        finish while we read (Parquet renamed in, NDJSON deleted): then read it again."""
-        for _ in range(5):
-            pq = d / layout.PARQUET
-            try:
-                frames = [_read_parquet([pq])] if pq.exists() else []
-                for path in sorted(d.glob("*.ndjson")):
-                    frames.append(self.tail.read(path) if self.tail else _read_ndjson(path))
-            except FileNotFoundError:
-                continue
-            if self.tail is not None:
-                self.tail.forget_missing()
-            return pl.concat(frames).unique("trade_id", keep="first") if frames else EMPTY_TRADES
-        raise DataError(f"{d} keeps changing while read; is a compaction stuck in a loop?")
+    def _mixed_hour(self, pq: Path | None, ndjson: list[Path]) -> pl.DataFrame:
+        """An hour with NDJSON (open, or left by a crash), deduplicated: the files of one
+        listing. One that vanished (compacted meanwhile) raises FileNotFoundError."""
+        frames = [_read_parquet([pq])] if pq is not None else []
+        for path in ndjson:
+            frames.append(self.tail.read(path) if self.tail else _read_ndjson(path))
+        if self.tail is not None:
+            self.tail.forget_missing()
+        return pl.concat(frames).unique("trade_id", keep="first") if frames else EMPTY_TRADES
 
 
 def _read_parquet(files: list[Path]) -> pl.DataFrame:
+    """The columns of ``files``; a file that fails on its own is named in a DataError, any
+    other failure (a file compacted or replaced meanwhile) is raised for the caller to retry."""
     try:
         return pl.scan_parquet(files).select(COLUMNS).collect()
     except Exception:
         for f in files:
             try:
                 pl.read_parquet(f, columns=COLUMNS)
+            except FileNotFoundError:
+                raise
             except Exception as e:
                 raise DataError(
                     f"{f} is not a readable Parquet file ({str(e).splitlines()[0][:120]}); "
-                    "move it aside, or restore it from an archive import"
+                    "run `recorder compact --repair` (with the recorder stopped) to rebuild it "
+                    "or move it aside and refetch its trades"
                 ) from None
         raise
 
 
 def _read_ndjson(path: Path) -> pl.DataFrame:
-    table, bad = read_ndjson(path)
-    if bad and path.name == layout.ACTIVE_NDJSON:
-        # A last line without its newline in the open file is being written right now.
-        data = path.read_bytes()
-        if not data.endswith(b"\n") and bad[-1].lineno == data.count(b"\n") + 1:
-            bad = bad[:-1]
+    data = path.read_bytes()  # once: a second read could see the line being written finished
+    table, bad = parse_ndjson(data, path)
+    # A last line without its newline in the open file is being written right now.
+    if (
+        bad
+        and path.name == layout.ACTIVE_NDJSON
+        and not data.endswith(b"\n")
+        and bad[-1].lineno == data.count(b"\n") + 1
+    ):
+        bad = bad[:-1]
     if bad:
         raise _incomplete(path, bad[0].lineno)
     return table.select(COLUMNS)
@@ -174,19 +199,28 @@ def _incomplete(path: Path, lineno: int) -> DataError:
     )
 
 
+def parse_symbol(text: str) -> str:
+    """``" btcusdt"`` -> ``"BTCUSDT"``: the one check of every engine ``--symbol``. InputError
+    for anything but ASCII letters and digits (``ｅｔｈ`` passes ``str.isalnum``, not this)."""
+    sym = text.strip()
+    if not _SYMBOL.fullmatch(sym):
+        raise InputError(
+            f"symbol {text!r} is not ASCII letters and digits; give one like --symbol btcusdt"
+        )
+    return sym.upper()
+
+
 def open_store(root: Path, symbol: str) -> StoreIndex:
     """The index of ``symbol`` (any case) in the store at ``root``; DataError if absent."""
     trades = root / layout.TRADES
+    sym = parse_symbol(symbol)
     if not trades.is_dir():
         raise DataError(f"no store at {root}; pass --data-dir where `recorder run` writes")
-    sym = symbol.upper()
-    if not sym.isalnum():
-        raise DataError(f"symbol {symbol!r} is not alphanumeric")
     hours = {}
     for d in layout.hour_dirs(root, sym):
         hours[layout.parse_hour_dir(d)[1]] = d
     if not hours:
-        have = sorted(p.name.split("=", 1)[1] for p in trades.glob("symbol=*"))
+        have = layout.symbol_dirs(root)
         listed = ", ".join(have) if have else "no symbols yet"
         raise DataError(f"unknown symbol {sym}: the store at {root} has {listed}")
     return StoreIndex(root, sym, hours)

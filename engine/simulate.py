@@ -171,15 +171,16 @@ def simulate(days: float, seed: int, start_ms: int = START_MS):
 def write_simulation(data_dir: Path, symbol: str, days: float, seed: int) -> dict[str, Any]:
     """Simulate and write the tape into the store with the importer's all-or-nothing hour
     writer, a day at a time (bounded memory), and the ground truth beside it."""
-    from recorder.archive import _Stager
+    from recorder.archive import HourSpool
     from recorder.layout import HOUR_MS
-    from recorder.store import StoreLock, init_store
+    from recorder.lock import StoreLock
+    from recorder.store import init_store
     from recorder.writer import atomic_write
 
     sym = symbol.upper()
     init_store(data_dir)
     with StoreLock(data_dir):
-        stager = _Stager(data_dir)
+        stager = HourSpool(data_dir)
         try:
             gen = simulate(days, seed)
             while True:

@@ -1,4 +1,11 @@
-"""DuckDB over the store: the views in ``sql/`` plus the engine's results."""
+"""DuckDB over the store: the views in ``sql/`` plus the engine's results.
+
+The views glob the store's files, and a compaction may finish between two globs of one query
+(the Parquet file renamed in after one glob, the NDJSON deleted before the next), which would
+drop that hour silently. So ``query_frame`` reads the store's generation (see
+``recorder.store``) before and after the query and runs it again if it moved, or if a file
+vanished under DuckDB ("Cannot open file"): a result never undercounts.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,13 @@ import sys
 from pathlib import Path
 
 from engine.errors import DataError, InputError
+from recorder.store import generation, settled_generation
 
 __all__ = ["SQL_DIR", "connect", "find_cli", "interactive", "query_frame"]
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 VIEW_FILES = ("views.sql", "windows.sql")
+_ATTEMPTS = 20  # runs of one query that keeps meeting a compaction before giving up
 
 
 def _quote(path: Path) -> str:
@@ -20,26 +29,54 @@ def _quote(path: Path) -> str:
 
 
 def connect(data_dir: Path):
+    """A DuckDB connection with the views loaded; DataError naming the cause if they fail."""
     import duckdb
 
     con = duckdb.connect()
-    con.execute(f"SET VARIABLE data_dir = '{_quote(data_dir)}'")
-    for name in VIEW_FILES:
-        con.execute((SQL_DIR / name).read_text())
+    try:
+        con.execute(f"SET VARIABLE data_dir = '{_quote(data_dir)}'")
+        for name in VIEW_FILES:
+            con.execute((SQL_DIR / name).read_text())
+    except duckdb.Error as e:
+        raise DataError(f"cannot load the views over {data_dir}: {_message(e)}") from None
     return con
 
 
+def _message(e: Exception) -> str:
+    text = str(e).splitlines()[0]
+    if ".parquet" in text and "/trades/" in text.replace("\\", "/"):
+        text += (
+            "; `recorder status` lists unreadable store files, "
+            "`recorder compact --repair` mends them"
+        )
+    return text
+
+
 def query_frame(data_dir: Path, query: str):
-    """The result of ``query`` as a Polars frame; InputError with DuckDB's message if it fails."""
+    """The result of ``query`` as a Polars frame; InputError with DuckDB's message if it fails.
+    Run again while compaction changes the files under it (see the module docstring)."""
     import duckdb
 
     con = connect(data_dir)
+    for _ in range(_ATTEMPTS):
+        before = settled_generation(data_dir)
+        try:
+            frame = con.sql(query).pl()
+        except duckdb.IOException:
+            continue  # a file listed by one glob was gone when opened: compacted meanwhile
+        except duckdb.Error as e:
+            if generation(data_dir) != before:
+                continue  # a file replaced under the query
+            raise InputError(f"DuckDB: {_message(e)}") from None
+        except AttributeError:
+            raise InputError("the query returned no rows to show (use SELECT ...)") from None
+        if generation(data_dir) == before:
+            return frame
     try:
-        return con.sql(query).pl()
+        con.sql(query).pl()
     except duckdb.Error as e:
-        raise InputError(f"DuckDB: {str(e).splitlines()[0]}") from None
-    except AttributeError:
-        raise InputError("the query returned no rows to show (use SELECT ...)") from None
+        raise InputError(f"DuckDB: {_message(e)}") from None
+    raise DataError(f"the store at {data_dir} kept changing during the query; run it again")
 
 
 def find_cli() -> str | None:

@@ -7,9 +7,12 @@ A daily or monthly zip holds one CSV without a header row::
 ``id, price, qty, quote_qty, time, is_buyer_maker, is_best_match``; ``time`` is UTC
 milliseconds up to 2024-12-31 and microseconds from 2025-01-01 (detected per row). Rows become
 the same Parquet hour files and columns the recorder writes (``source = "archive"``), merged
-with what is already stored, so nothing is duplicated. The zip is read in blocks, so memory is
-bounded by a block and one hour, whatever the file's size. An import is all or nothing: new
-hour files are staged beside the store and renamed into place only after every file parsed.
+with what is already stored (Parquet and the recorder's NDJSON), so nothing is duplicated and
+the recorder's copy of a trade wins. The zip is read in blocks, each block's rows are spilled
+to disk per hour, and hours are merged a span of ids at a time (``HourSpool``), so memory is
+bounded by a block whatever the file's size or the rows in one hour. An import is all or
+nothing: new hour files are staged beside the store and renamed into place only after every
+file parsed.
 """
 
 from __future__ import annotations
@@ -27,18 +30,24 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recorder import layout
-from recorder.compact import merge_rows, write_parquet_atomic
-from recorder.errors import RecorderError
+from recorder.compact import merge_rows
+from recorder.errors import CompactionError, RecorderError
+from recorder.lock import StoreLock
 from recorder.schema import PARQUET_SCHEMA
-from recorder.store import StoreLock, init_store
+from recorder.store import changing, hour_files, init_store, parquet_problem, read_ndjson
 from recorder.writer import fsync_dir
 
 __all__ = [
     "ArchiveError",
     "FetchResult",
+    "HourSpool",
     "ImportResult",
     "fetch_archives",
     "import_archives",
@@ -46,7 +55,8 @@ __all__ = [
 ]
 
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
-BLOCK = 32 << 20
+BLOCK = 32 << 20  # bytes of CSV parsed at a time (about 400,000 trades)
+_CSV_ROW_BYTES = 80  # a typical archive line, to size the merge's batches from BLOCK
 _NAME = re.compile(r"^([A-Z0-9]+)-(trades|aggTrades)-(\d{4}-\d{2}(?:-\d{2})?)\.zip$")
 _CSV_COLUMNS = ["id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match"]
 _CSV_SCHEMA = {
@@ -72,6 +82,7 @@ class ImportResult:
     new_rows: int = 0
     hours: int = 0
     seconds: float = 0.0
+    peak_rows: int = 0  # most rows held in memory at once while merging hours
 
 
 def symbol_of(path: Path) -> str:
@@ -90,8 +101,9 @@ def symbol_of(path: Path) -> str:
     return m.group(1)
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, bytes, int, int]]:
-    """(first line number, whole lines, bytes read so far, total bytes) of the zip's CSV."""
+def _blocks(path: Path, block_bytes: int = BLOCK) -> Iterator[tuple[int, bytes, int, int]]:
+    """(first line number, whole lines, bytes read so far, total bytes) of the zip's CSV, in
+    blocks of about ``block_bytes``."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -104,7 +116,7 @@ def _blocks(path: Path) -> Iterator[tuple[int, bytes, int, int]]:
         line, done, rest = 1, 0, b""
         try:
             with zf.open(info) as f:
-                while chunk := f.read(BLOCK):
+                while chunk := f.read(block_bytes):
                     done += len(chunk)
                     data = rest + chunk
                     cut = data.rfind(b"\n") + 1
@@ -196,36 +208,271 @@ def _typed(raw: pl.DataFrame) -> pl.DataFrame:
     ).select(list(PARQUET_SCHEMA))
 
 
-class _Stager:
-    """New hour files, written beside the store and renamed in at the end."""
+_EMPTY = pl.DataFrame(schema=PARQUET_SCHEMA)
+_ARROW_SCHEMA = _EMPTY.to_arrow().schema
+FAN_IN = 16  # sorted runs merged at once; more are first merged in groups of this many
+BATCH_ROWS = 262_144  # rows an hour file's row group holds, and the merge's unit of memory
 
-    def __init__(self, root: Path):
+
+@dataclass(slots=True)
+class _Run:
+    """A Parquet file sorted by trade id, and (row group, min id, max id) of its row groups."""
+
+    path: Path
+    groups: tuple[tuple[int, int, int], ...]
+    _file: pq.ParquetFile | None = None
+
+    @classmethod
+    def of(cls, path: Path) -> _Run:
+        meta = pq.read_metadata(path)
+        col = meta.schema.names.index("trade_id")
+        groups = []
+        for i in range(meta.num_row_groups):
+            if meta.row_group(i).num_rows == 0:
+                continue
+            st = meta.row_group(i).column(col).statistics
+            if st is None or not st.has_min_max:
+                ids = pq.ParquetFile(path).read_row_group(i, columns=["trade_id"])["trade_id"]
+                groups.append((i, pc.min(ids).as_py(), pc.max(ids).as_py()))
+            else:
+                groups.append((i, st.min, st.max))
+        return cls(path, tuple(groups))
+
+    @property
+    def ordered(self) -> bool:
+        """Row groups in ascending, non-overlapping id ranges (as every writer here leaves
+        them); within a group, ``read`` sorts if needed."""
+        return all(a[2] <= b[1] for a, b in zip(self.groups, self.groups[1:], strict=False))
+
+    def read(self, group: int) -> pl.DataFrame:
+        if self._file is None:  # opened once: its footer lists every row group
+            self._file = pq.ParquetFile(self.path)
+        table = self._file.read_row_group(group, columns=list(PARQUET_SCHEMA))
+        rows = _frame(table)
+        return rows if rows["trade_id"].is_sorted() else rows.sort("trade_id", maintain_order=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    """Rows read from one of our Parquet files, typed as the store's columns."""
+    rows = pl.from_arrow(table)
+    assert isinstance(rows, pl.DataFrame)
+    return rows.cast(pl.Schema(PARQUET_SCHEMA))
+
+
+def _digest(table: pl.DataFrame) -> tuple[int, int]:
+    """(rows, a checksum of every value): to check a file read back without keeping it."""
+    return table.height, int(table.hash_rows(seed=7).to_numpy().sum(dtype=np.uint64))
+
+
+class _Writer:
+    """Row groups of ``rows`` rows into a Parquet file, buffered; digests of what was written."""
+
+    def __init__(self, path: Path, rows: int, spill: bool = False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.rows = path, rows
+        # A spilled run is read once, soon: fast compression, no read-back check.
+        self.spill = spill
+        self._out = pq.ParquetWriter(
+            path,
+            _ARROW_SCHEMA,
+            compression="lz4" if spill else "zstd",
+            compression_level=None if spill else 10,
+        )
+        self._buf: list[pl.DataFrame] = []
+        self.buffered = 0
+        self.digests: list[tuple[int, int]] = []
+
+    def write(self, rows: pl.DataFrame) -> None:
+        self._buf.append(rows)
+        self.buffered += rows.height
+        while self.buffered >= self.rows:
+            self._flush(self.rows)
+
+    def _flush(self, n: int) -> None:
+        buf = pl.concat(self._buf)
+        group, rest = buf.head(n), buf.slice(n)
+        self._out.write_table(group.to_arrow().cast(_ARROW_SCHEMA), row_group_size=n)
+        if not self.spill:
+            self.digests.append(_digest(group))
+        self._buf, self.buffered = ([rest] if rest.height else []), rest.height
+
+    def close(self) -> None:
+        if self.buffered:
+            self._flush(self.buffered)
+        self._out.close()
+        with open(self.path, "rb") as f:
+            os.fsync(f.fileno())
+
+    def verify(self) -> None:
+        back = pq.ParquetFile(self.path)
+        for i, want in enumerate(self.digests):
+            if _digest(_frame(back.read_row_group(i))) != want:
+                raise CompactionError(
+                    f"{self.path} did not read back as written; nothing was imported. "
+                    "Check the disk, then run the command again"
+                )
+
+
+def _merge(runs: list[_Run], emit: Callable[[pl.DataFrame], None], batch: int) -> int:
+    """Merge sorted runs one row group at a time (the one with the lowest ids next): every id
+    below the lowest id not read yet has all its copies read, so once ``batch`` rows are
+    held, those rows are passed to ``emit`` (with ``_run``, the run's index) and dropped.
+    Returns the most rows held at once."""
+    heads = [0] * len(runs)
+    held: list[pl.DataFrame] = []
+    rows = peak = 0
+    try:
+        while True:
+            nexts = [
+                (runs[r].groups[h][1], r) for r, h in enumerate(heads) if h < len(runs[r].groups)
+            ]
+            if not nexts:
+                break
+            _, r = min(nexts)
+            group = runs[r].read(runs[r].groups[heads[r]][0])
+            heads[r] += 1
+            held.append(group.with_columns(_run=pl.lit(r, pl.Int32)))
+            rows += group.height
+            peak = max(peak, rows)
+            left = [runs[r].groups[h][1] for r, h in enumerate(heads) if h < len(runs[r].groups)]
+            if left and rows < batch:
+                continue
+            pending = pl.concat(held)
+            below = pl.col("trade_id") < (min(left) if left else 2**63 - 1)
+            ready, pending = pending.filter(below), pending.filter(~below)
+            held, rows = [pending], pending.height
+            if ready.height:
+                emit(ready)
+    finally:
+        for run in runs:
+            run.close()
+    return peak
+
+
+class HourSpool:
+    """Rows bound for hour files, spilled to disk as they come (sorted runs), and merged with
+    what each hour already holds only at the end, as an external merge sort: at most
+    ``FAN_IN`` runs at once, one small row group of each. So memory is bounded by a few
+    ``batch_rows``, not by the rows of an hour: a zip bomb of 30 M trades in one hour is
+    merged like any other. The merged files are staged beside the store and renamed in by
+    ``commit``: all or nothing.
+
+    Merge rule (compaction's): one row per trade id, the richest source (stream, then REST,
+    then archive), among equals the stored copy. ``new_rows`` counts ids the hour did not hold
+    (in Parquet or in the recorder's NDJSON); an hour that gains none is left alone.
+    ``peak_rows`` is the most rows the merge held in memory at once."""
+
+    def __init__(self, root: Path, batch_rows: int = BATCH_ROWS):
         self.root = root
         self.dir = root / f".import-{os.getpid()}"
         shutil.rmtree(self.dir, ignore_errors=True)
-        self.hours: dict[tuple[str, int], Path] = {}
+        self.batch_rows = batch_rows
+        self.group_rows = max(64, batch_rows // FAN_IN)  # a run's row group
+        self.parts: dict[tuple[str, int], list[_Run]] = {}
         self.new_rows = 0
+        self.peak_rows = 0
+        self._n = 0
+
+    def _spill(self, rows: pl.DataFrame) -> _Run:
+        """Write rows (sorted by id) as a run of small row groups."""
+        self._n += 1
+        path = self.dir / "spill" / f"run-{self._n:08d}.parquet"
+        w = _Writer(path, self.group_rows, spill=True)
+        w.write(rows.sort("trade_id", maintain_order=True))
+        w.close()
+        return _Run.of(path)
 
     def add(self, symbol: str, hour: int, rows: pl.DataFrame) -> None:
+        """Queue ``rows`` (store columns) for the hour ``hour`` (hours since the epoch)."""
+        if rows.height:
+            self.parts.setdefault((symbol, hour), []).append(self._spill(rows))
+
+    def _stored(self, hour_dir: Path) -> list[_Run]:
+        """What an hour holds now (its Parquet, its NDJSON spilled sorted), as runs."""
+        runs = []
+        pq_path, ndjson = hour_files(hour_dir)
+        if pq_path is not None:
+            problem = parquet_problem(pq_path)
+            if problem is not None:
+                raise ArchiveError(
+                    f"{pq_path} is not a readable Parquet file ({problem}); "
+                    "run `recorder compact --repair` first; nothing was imported"
+                )
+            run = _Run.of(pq_path)
+            runs.append(run if run.ordered else self._spill(pl.read_parquet(pq_path)))
+        tables = [read_ndjson(p)[0] for p in ndjson]  # a torn line waits for compaction
+        if tables and (rows := pl.concat(tables)).height:
+            runs.append(self._spill(rows))
+        return runs
+
+    def _reduce(self, runs: list[_Run]) -> list[_Run]:
+        """Merge runs FAN_IN at a time until at most FAN_IN are left (order kept)."""
+        while len(runs) > FAN_IN:
+            merged = []
+            for i in range(0, len(runs), FAN_IN):
+                self._n += 1
+                w = _Writer(
+                    self.dir / "spill" / f"run-{self._n:08d}.parquet", self.group_rows, spill=True
+                )
+
+                def emit(rows: pl.DataFrame, w: _Writer = w) -> None:
+                    w.write(merge_rows(rows.sort("_run", maintain_order=True)).drop("_run"))
+
+                peak = _merge(runs[i : i + FAN_IN], emit, self.group_rows * FAN_IN)
+                self.peak_rows = max(self.peak_rows, peak)
+                w.close()
+                for run in runs[i : i + FAN_IN]:
+                    run.path.unlink()
+                merged.append(_Run.of(w.path))
+            runs = merged
+        return runs
+
+    def _merge_hour(self, symbol: str, hour: int, parts: list[_Run]) -> Path | None:
+        """Merge an hour into a staged file; None if it would gain no trade."""
         final = layout.hour_dir(self.root, symbol, hour) / layout.PARQUET
-        staged = self.dir / final.relative_to(self.root)
-        base = staged if staged.exists() else final if final.exists() else None
-        old = pl.read_parquet(base) if base is not None else pl.DataFrame(schema=PARQUET_SCHEMA)
-        merged = merge_rows(pl.concat([old, rows]))
-        self.new_rows += merged.height - old.height
-        if merged.height == old.height and base is final:
-            return  # everything already stored: leave the file alone
-        write_parquet_atomic(merged, final, staging=staged)
-        self.hours[(symbol, hour)] = staged
+        stored = self._stored(final.parent)
+        runs = stored + self._reduce(parts)
+        out = _Writer(self.dir / final.relative_to(self.root), self.batch_rows)
+        new = most = 0  # trades the hour gains; most rows in the output buffer and a batch
+
+        def emit(rows: pl.DataFrame) -> None:
+            nonlocal new, most
+            held = rows.filter(pl.col("_run") < len(stored))["trade_id"].n_unique()
+            merged = merge_rows(rows.sort("_run", maintain_order=True)).drop("_run")
+            new += merged.height - held
+            out.write(merged)
+            most = max(most, out.buffered + rows.height)
+
+        peak = _merge(runs, emit, self.group_rows * FAN_IN)
+        self.peak_rows = max(self.peak_rows, peak + most)
+        out.close()
+        if new == 0:
+            out.path.unlink()
+            return None
+        out.verify()
+        self.new_rows += new
+        return out.path
 
     def commit(self) -> int:
-        for (symbol, hour), staged in sorted(self.hours.items()):
-            final = layout.hour_dir(self.root, symbol, hour) / layout.PARQUET
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
-            fsync_dir(final.parent)
+        """Merge every hour, then rename the merged files into the store; hours written."""
+        staged = {}
+        for (symbol, hour), parts in sorted(self.parts.items()):
+            path = self._merge_hour(symbol, hour, parts)
+            if path is not None:
+                staged[(symbol, hour)] = path
+        with changing(self.root):
+            for (symbol, hour), path in staged.items():
+                final = layout.hour_dir(self.root, symbol, hour) / layout.PARQUET
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, final)
+                fsync_dir(final.parent)
         self.abort()
-        return len(self.hours)
+        return len(staged)
 
     def abort(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -236,43 +483,35 @@ def import_archives(
     files: list[Path],
     symbol: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    block_bytes: int = BLOCK,
 ) -> ImportResult:
-    """Import archive zips into the store at ``root`` (all or nothing)."""
+    """Import archive zips into the store at ``root`` (all or nothing). The CSV is parsed
+    ``block_bytes`` at a time and spilled per hour, and hours are merged in batches of about
+    as many rows as a block holds, so memory stays bounded by a few blocks."""
     t0 = time.monotonic()
     init_store(root)
     res = ImportResult()
     with StoreLock(root):
-        stager = _Stager(root)
+        spool = HourSpool(root, batch_rows=max(256, block_bytes // _CSV_ROW_BYTES))
         try:
             for path in files:
                 sym = (symbol or symbol_of(path)).upper()
-                pending: pl.DataFrame | None = None
-                for line, data, done, total in _blocks(path):
+                for line, data, done, total in _blocks(path, block_bytes):
                     rows = _parse(path, line, data)
                     res.rows += rows.height
-                    if pending is not None:
-                        rows = pl.concat([pending, rows])
                     hours = rows.with_columns(
                         _h=pl.col("trade_time").dt.epoch("ms") // layout.HOUR_MS
                     )
-                    last = hours["_h"].max()
-                    for (h,), part in hours.filter(pl.col("_h") < last).group_by("_h"):
-                        stager.add(sym, int(h), part.drop("_h"))
-                    pending = hours.filter(pl.col("_h") == last).drop("_h")
+                    for (h,), part in hours.group_by("_h", maintain_order=True):
+                        spool.add(sym, int(h), part.drop("_h"))
                     if progress:
                         progress(done, total)
-                if pending is not None and pending.height:
-                    stager.add(
-                        sym,
-                        int(pending["trade_time"][0].timestamp() * 1000) // layout.HOUR_MS,
-                        pending,
-                    )
                 res.files += 1
+            res.hours = spool.commit()
         except BaseException:
-            stager.abort()
+            spool.abort()
             raise
-        res.new_rows = stager.new_rows
-        res.hours = stager.commit()
+        res.new_rows, res.peak_rows = spool.new_rows, spool.peak_rows
     res.seconds = time.monotonic() - t0
     return res
 

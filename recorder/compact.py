@@ -1,19 +1,30 @@
-"""Closing an hour: its NDJSON (and any earlier Parquet) become one Parquet file.
+"""Closing an hour: its NDJSON (and any earlier Parquet) become one Parquet file; and the
+offline repairs ``recorder compact`` makes.
 
 Steps, each safe to crash in and to rerun:
-1. read every row of the hour (Parquet plus NDJSON), quarantining lines that do not parse;
-2. keep one row per trade id (the richest source), sort by trade id;
-3. write under a temporary name, fsync, rename over ``trades.parquet``, fsync the directory;
-4. read the file back and compare it with what was meant to be written;
-5. only then delete the NDJSON files that went into it.
-A crash before 5 leaves rows in both places; readers deduplicate and the next run repairs it.
+1. remove temporaries that dead processes left in the hour (``.trades.parquet.tmp-PID``);
+2. read every row of the hour (Parquet plus NDJSON), quarantining lines that do not parse;
+3. keep one row per trade id (the richest source), sort by trade id;
+4. write under a temporary name, fsync, rename over ``trades.parquet``, fsync the directory;
+5. read the file back and compare it with what was meant to be written;
+6. only then delete the NDJSON files that went into it, inside ``store.changing`` so that
+   readers which cannot list the store atomically notice and read again.
+A crash before 6 leaves rows in both places; readers deduplicate and the next run repairs it.
+
+``repair_hour`` mends an hour whose Parquet file is torn (its footer cannot be read): the file
+is moved aside as ``trades.parquet.corrupt-<ns>``, the hour is rebuilt from its NDJSON if it
+has any, and the ids it no longer holds (bounded by the neighbouring hours' ids) are written
+to ``state/SYMBOL.json`` so that the next ``recorder run`` fetches them from REST.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -21,11 +32,38 @@ import polars as pl
 
 from recorder import layout
 from recorder.errors import CompactionError
-from recorder.schema import SOURCE_RANK
-from recorder.store import BadLine, hour_ndjson, read_hour
+from recorder.schema import PARQUET_SCHEMA, SOURCE_RANK
+from recorder.store import (
+    BadLine,
+    add_missing,
+    changing,
+    hour_files,
+    pid_alive,
+    read_hour,
+    unreadable_parquet,
+)
+from recorder.tracker import Missing
 from recorder.writer import fsync_dir
 
-__all__ = ["CompactResult", "closed_hours", "compact_hour", "merge_rows", "write_parquet_atomic"]
+__all__ = [
+    "CompactResult",
+    "RepairResult",
+    "StoreCompaction",
+    "closed_hours",
+    "compact_hour",
+    "compact_store",
+    "lost_ids",
+    "merge_rows",
+    "repair_hour",
+    "sweep_temporaries",
+    "write_parquet_atomic",
+]
+
+log = logging.getLogger("recorder")
+
+# ``.trades.parquet.tmp-123`` (write_parquet_atomic, atomic_write) and ``.import-123`` (an
+# archive import's staging directory): the number is the pid of the process writing it.
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$|^\.import-(\d+)$")
 
 
 @dataclass(slots=True)
@@ -34,6 +72,27 @@ class CompactResult:
     rows: int
     ndjson_files: int
     rejected_lines: int
+
+
+@dataclass(slots=True)
+class RepairResult:
+    """What ``repair_hour`` did to one torn Parquet file."""
+
+    path: Path  # the torn file, as it was named
+    moved_to: Path
+    rows: int  # trades the hour holds after the repair (from its NDJSON)
+    refetch: list[Missing]  # id ranges written to state/SYMBOL.json for the next run
+    unknown: bool  # no earlier hour bounds the lost ids: import that day's archive instead
+
+
+@dataclass(slots=True)
+class StoreCompaction:
+    """What ``compact_store`` did."""
+
+    compacted: list[CompactResult] = field(default_factory=list)
+    repaired: list[RepairResult] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # left as they are
+    removed_temporaries: list[Path] = field(default_factory=list)
 
 
 def _quarantine(root: Path, bad: list[BadLine]) -> None:
@@ -59,19 +118,50 @@ def _quarantine(root: Path, bad: list[BadLine]) -> None:
         os.fsync(f.fileno())
 
 
+def sweep_temporaries(directory: Path) -> list[Path]:
+    """Remove the temporaries in ``directory`` (not below it) of processes that no longer
+    run: a half-written Parquet file after a SIGKILL, an import's staging directory. Returns
+    what was removed. Those of live processes (this one included) are left alone."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for e in entries:
+        m = _TEMPORARY.match(e.name)
+        if not m or pid_alive(int(m.group(1) or m.group(2))):
+            continue
+        path = Path(e.path)
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        log.info(
+            "removed %s, left by a process that stopped (pid %s)", path, m.group(1) or m.group(2)
+        )
+        removed.append(path)
+    return removed
+
+
 def compact_hour(root: Path, hour_dir: Path, include_active: bool = True) -> CompactResult:
     """Compact one hour directory. A running recorder passes ``include_active=False``: the
     open file it may still append to is left for the next round."""
-    ndjson = hour_ndjson(hour_dir, include_active)
+    sweep_temporaries(hour_dir)
+    ndjson = hour_files(hour_dir, include_active)[1]
     table, bad = read_hour(hour_dir, include_active)
     _quarantine(root, bad)
     table = merge_rows(table)
     final = hour_dir / layout.PARQUET
-    write_parquet_atomic(table, final)
-    for path in ndjson:
-        path.unlink()
+    write_parquet_atomic(table, final, root=root)
+    # Only files listed before the read went into the Parquet file; one sealed since waits.
     if ndjson:
-        fsync_dir(hour_dir)
+        with changing(root):
+            for path in ndjson:
+                path.unlink(missing_ok=True)
+            fsync_dir(hour_dir)
     return CompactResult(hour_dir, table.height, len(ndjson), len(bad))
 
 
@@ -84,17 +174,28 @@ def merge_rows(table: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def write_parquet_atomic(table: pl.DataFrame, final: Path, staging: Path | None = None) -> None:
+def write_parquet_atomic(
+    table: pl.DataFrame, final: Path, staging: Path | None = None, root: Path | None = None
+) -> None:
     """Write ``table`` as ``final``: temporary name, fsync, rename, fsync the directory, then
     read it back and compare. With ``staging``, the file is written there instead and only
-    verified; the caller renames it into place later (all-or-nothing imports)."""
+    verified; the caller renames it into place later (all-or-nothing imports). With the
+    store's ``root``, replacing an existing file is announced to readers (``changing``)."""
     target = staging or final
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    table.write_parquet(tmp, compression="zstd", compression_level=10, statistics=True)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        table.write_parquet(tmp, compression="zstd", compression_level=10, statistics=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if root is not None and target.exists():
+            with changing(root):  # a reader may hold the old file's footer, not its data
+                os.replace(tmp, target)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep the partial file
+        raise
     fsync_dir(target.parent)
     if not pl.read_parquet(target).equals(table):
         raise CompactionError(
@@ -108,6 +209,92 @@ def closed_hours(root: Path, now_ms: int, grace_ms: int) -> list[Path]:
     out = []
     for d in layout.hour_dirs(root):
         _, hour = layout.parse_hour_dir(d)
-        if (hour + 1) * layout.HOUR_MS + grace_ms <= now_ms and any(d.glob("*.ndjson")):
+        if (hour + 1) * layout.HOUR_MS + grace_ms <= now_ms and hour_files(d)[1]:
             out.append(d)
+    return out
+
+
+def lost_ids(
+    before: tuple[int, int] | None, held: pl.DataFrame, after: tuple[int, int] | None
+) -> tuple[list[Missing], bool]:
+    """Ids an hour should hold but does not: (ranges, unknown). ``before`` and ``after`` are
+    (trade id, trade time UTC ms) of the nearest trades stored in earlier and later hours,
+    ``held`` the hour's remaining trades (``trade_id``, ``trade_time``). Ids step by one, so
+    every id strictly between two neighbours in that sequence is lost. ``unknown`` is True
+    when nothing earlier bounds the hour: its first ids cannot be told."""
+    ms = held.select("trade_id", pl.col("trade_time").dt.epoch("ms").alias("ms")).sort("trade_id")
+    edges = [pl.DataFrame([before], schema=ms.schema, orient="row")] if before else []
+    edges.append(ms)
+    if after:
+        edges.append(pl.DataFrame([after], schema=ms.schema, orient="row"))
+    seq = pl.concat(edges)
+    gaps = seq.select(
+        first=pl.col("trade_id").shift() + 1,
+        last=pl.col("trade_id") - 1,
+        after_time=pl.col("ms").shift(),
+        before_time=pl.col("ms"),
+    ).filter(pl.col("last") >= pl.col("first"))
+    return [Missing(*r) for r in gaps.iter_rows()], before is None
+
+
+def _edge(hour_dir: Path, last: bool) -> tuple[int, int] | None:
+    """(id, time ms) of the highest (``last``) or lowest stored trade of an hour; None if it
+    holds none or cannot be read (a torn neighbour is repaired in its own turn)."""
+    try:
+        table, _ = read_hour(hour_dir)
+    except Exception:
+        return None
+    if table.is_empty():
+        return None
+    row = table.sort("trade_id").row(-1 if last else 0, named=True)
+    return row["trade_id"], int(row["trade_time"].timestamp() * 1000)
+
+
+def _neighbour(dirs: list[Path], last: bool) -> tuple[int, int] | None:
+    for d in dirs:
+        found = _edge(d, last)
+        if found is not None:
+            return found
+    return None
+
+
+def repair_hour(root: Path, torn: Path) -> RepairResult:
+    """Move the torn Parquet file ``torn`` aside, rebuild its hour from NDJSON if the hour has
+    any, and schedule the ids it no longer holds for refetching (``state/SYMBOL.json``).
+    Run only while no recorder runs (the caller holds the store lock)."""
+    hour_dir = torn.parent
+    symbol, _ = layout.parse_hour_dir(hour_dir)
+    aside = hour_dir / f"{layout.PARQUET}.corrupt-{time.time_ns()}"
+    with changing(root):
+        os.replace(torn, aside)
+        fsync_dir(hour_dir)
+    log.warning("moved the unreadable %s aside to %s", torn, aside.name)
+    held = pl.DataFrame(schema=PARQUET_SCHEMA)
+    if hour_files(hour_dir)[1]:
+        compact_hour(root, hour_dir)
+        held, _ = read_hour(hour_dir)
+    dirs = layout.hour_dirs(root, symbol)
+    i = dirs.index(hour_dir)
+    before = _neighbour(dirs[:i][::-1], last=True)
+    after = _neighbour(dirs[i + 1 :], last=False)
+    refetch, unknown = lost_ids(before, held, after)
+    add_missing(root, symbol, refetch)
+    return RepairResult(torn, aside, held.height, refetch, unknown)
+
+
+def compact_store(root: Path, now_ms: int, grace_ms: int, repair: bool = False) -> StoreCompaction:
+    """``recorder compact``: remove dead processes' temporaries, compact every closed hour,
+    and list (or with ``repair``, mend) torn Parquet files. The caller holds the store lock."""
+    out = StoreCompaction()
+    for d in [root, root / layout.TRADES, root / layout.STATE, *layout.hour_dirs(root)]:
+        out.removed_temporaries += sweep_temporaries(d)
+    torn = unreadable_parquet(root)
+    if repair:
+        out.repaired = [repair_hour(root, path) for path, _ in torn]
+    else:
+        out.unreadable = torn
+    skip = {path.parent for path, _ in out.unreadable}
+    for d in closed_hours(root, now_ms, grace_ms):
+        if d not in skip:
+            out.compacted.append(compact_hour(root, d))
     return out

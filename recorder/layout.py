@@ -11,11 +11,19 @@ DATA_DIR/
   rejects/rejects-2024-08-08.ndjson            quarantined frames, verbatim
   state/BTCUSDT.json                           ids known missing and being fetched
   state/recorder.json                          live counters of the running recorder
+  state/generation                             bumped around every deletion of stored files
   recorder.lock                                held while a recorder or compaction runs
+
+Only well-formed partitions are part of the store: ``symbol=`` ASCII capitals and digits,
+``date=`` a real calendar day, ``hour=`` 00 to 23. Anything else under ``trades/`` (a copied
+``hour=23.bak``, ``date=garbage``) is skipped by every reader, with one warning per directory.
 """
 
 from __future__ import annotations
 
+import calendar
+import datetime
+import logging
 import re
 import time
 from functools import lru_cache
@@ -28,8 +36,10 @@ __all__ = [
     "hour_dir",
     "hour_dirs",
     "hour_of",
+    "is_symbol",
     "parse_hour_dir",
     "sealed_name",
+    "symbol_dirs",
 ]
 
 HOUR_MS = 3_600_000
@@ -43,8 +53,17 @@ LOCK = "recorder.lock"
 MARKER = "store.json"
 SCHEMA_PARQUET = "trades/_schema.parquet"
 SCHEMA_NDJSON = "trades/_schema.ndjson"
+GENERATION = "state/generation"
 
+_SYMBOL_RE = re.compile(r"[A-Z0-9]+")
 _HOUR_RE = re.compile(r"symbol=([A-Z0-9]+)/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})$")
+_warned: set[Path] = set()
+log = logging.getLogger("recorder")
+
+
+def is_symbol(name: str) -> bool:
+    """True for a symbol as the store spells it: ASCII capitals and digits (``BTCUSDT``)."""
+    return _SYMBOL_RE.fullmatch(name) is not None
 
 
 def hour_of(trade_time_ms: int) -> int:
@@ -64,21 +83,63 @@ def hour_dir(root: Path, symbol: str, hour: int) -> Path:
     return root / _rel(symbol, hour)
 
 
+def _hour_index(path: Path) -> tuple[str, int] | None:
+    m = _HOUR_RE.search(path.as_posix())
+    if not m or int(m.group(3)) > 23:
+        return None
+    try:
+        day = datetime.date.fromisoformat(m.group(2))
+    except ValueError:
+        return None
+    return m.group(1), calendar.timegm(day.timetuple()) // 3600 + int(m.group(3))
+
+
 def parse_hour_dir(path: Path) -> tuple[str, int]:
     """(symbol, hour index) of an hour directory; ValueError if it is not one."""
-    m = _HOUR_RE.search(path.as_posix())
-    if not m:
+    parsed = _hour_index(path)
+    if parsed is None:
         raise ValueError(f"not an hour directory: {path}")
-    y, mo, d = (int(x) for x in m.group(2).split("-"))
-    import calendar
+    return parsed
 
-    return m.group(1), calendar.timegm((y, mo, d, int(m.group(3)), 0, 0)) // 3600
+
+def _skip(path: Path) -> None:
+    """Warn once per process about a directory that is not part of the store's layout."""
+    if path not in _warned:
+        _warned.add(path)
+        log.warning(
+            "skipping %s: not a store partition (symbol=ASCII capitals and digits, "
+            "date=YYYY-MM-DD, hour=00..23); move it out of the store",
+            path,
+        )
+
+
+def symbol_dirs(root: Path) -> list[str]:
+    """Symbols with a well-formed ``symbol=`` directory in the store, sorted."""
+    out = []
+    for p in sorted((root / TRADES).glob("symbol=*")):
+        name = p.name.split("=", 1)[1]
+        if p.is_dir() and is_symbol(name):
+            out.append(name)
+        elif p.is_dir():
+            _skip(p)
+    return out
 
 
 def hour_dirs(root: Path, symbol: str | None = None) -> list[Path]:
-    """Every hour directory in the store (optionally of one symbol), oldest first."""
-    pattern = f"symbol={symbol or '*'}/date=*/hour=*"
-    return sorted(p for p in (root / TRADES).glob(pattern) if p.is_dir())
+    """Every well-formed hour directory in the store (optionally of one symbol), oldest first.
+    Stray directories (``hour=05.old``, ``date=garbage``, ``symbol=ｅｔｈ``) are skipped with
+    one warning each."""
+    out: list[Path] = []
+    for sym in [symbol] if symbol is not None else symbol_dirs(root):
+        hours: list[tuple[int, Path]] = []
+        for p in (root / TRADES / f"symbol={sym}").glob("*/*"):
+            parsed = _hour_index(p) if p.is_dir() else None
+            if parsed is not None and parsed[0] == sym:
+                hours.append((parsed[1], p))
+            elif p.is_dir():
+                _skip(p)
+        out += [p for _, p in sorted(hours)]
+    return out
 
 
 def sealed_name(now_ns: int) -> str:

@@ -4,16 +4,22 @@
 --   duckdb -cmd "SET VARIABLE data_dir='data'" -cmd ".read sql/views.sql"
 --
 -- trades: one row per trade over closed (Parquet) and open (NDJSON) hours, deduplicated on
---         (symbol, trade_id), preferring Parquet, then the stream's copy over REST's.
+--         (symbol, trade_id), keeping the richest copy: the stream's, then REST's, then an
+--         archive's (among equals the Parquet one), as compaction does.
 -- gaps:   trade ids the recorder could not fetch, with the trade times around them.
+-- Only well-formed partitions are read (symbol= ASCII capitals and digits, date= a real day,
+-- hour= 00 to 23), as in recorder/layout.py: a copied hour=23.bak or date=garbage is ignored.
 -- Times are TIMESTAMPTZ (UTC); this script sets the session to UTC so they print as such.
 -- Raw keys t/T, e/E, m/M collide in DuckDB's case-insensitive columns, so open hours are read
 -- as JSON values and extracted with case-sensitive paths.
+-- Defining the views reads no stored file, so one unreadable file fails only the queries that
+-- need it (with its name), never the loading of this script.
 
 SET TimeZone = 'UTC';
 
 -- The symbol comes from the Hive-style path (symbol=BTCUSDT/...); the seed files sit outside it.
--- The store has zero-row seed files (written by `recorder`), so the globs below always match.
+-- The store has zero-row seed files (written by `recorder`), so the globs below always match;
+-- the Parquet seed sorts first and gives the columns (other files are matched by name).
 -- A directory the recorder has never written gives empty views instead of an error.
 SET VARIABLE _tw_store = (
     SELECT count(*) > 0 FROM glob(getvariable('data_dir') || '/trades/_schema.parquet')
@@ -21,15 +27,18 @@ SET VARIABLE _tw_store = (
 SET VARIABLE _tw_gaps = (
     SELECT count(*) > 0 FROM glob(getvariable('data_dir') || '/gaps/gaps.ndjson')
 );
+-- A stored file's directories in a well-formed partition: groups 2, 3, 4 = symbol, date, hour.
+SET VARIABLE _tw_partition =
+    '(^|/)trades/symbol=([A-Z0-9]+)/date=([0-9]{4}-[0-9]{2}-[0-9]{2})/hour=([01][0-9]|2[0-3])/';
 
 CREATE OR REPLACE TEMP VIEW _tw_closed AS
 SELECT * FROM query(CASE WHEN getvariable('_tw_store') THEN
-    'SELECT upper(regexp_extract(filename, ''symbol=([A-Za-z0-9]+)'', 1)) AS symbol, trade_id, price, qty, trade_time, event_time,
+    'SELECT regexp_extract(filename, getvariable(''_tw_partition''), 2) AS symbol, trade_id, price, qty, trade_time, event_time,
             is_buyer_maker, recv_time, is_best_match, quote_qty, buyer_order_id,
             seller_order_id, source, event_type, extra, 0 AS _tier, parse_dirpath(filename) AS _dir
-     FROM read_parquet(getvariable(''data_dir'') || ''/trades/**/*.parquet'',
-                       filename = true, union_by_name = true)
-     WHERE filename LIKE ''%symbol=%'''
+     FROM read_parquet(getvariable(''data_dir'') || ''/trades/**/*.parquet'', filename = true)
+     WHERE regexp_matches(filename, getvariable(''_tw_partition'') || ''trades\.parquet$'')
+       AND try_cast(regexp_extract(filename, getvariable(''_tw_partition''), 3) AS DATE) IS NOT NULL'
 ELSE
     'SELECT NULL::VARCHAR AS symbol, NULL::BIGINT AS trade_id, NULL::DOUBLE AS price,
             NULL::DOUBLE AS qty, NULL::TIMESTAMPTZ AS trade_time, NULL::TIMESTAMPTZ AS event_time,
@@ -45,7 +54,9 @@ CREATE OR REPLACE TEMP VIEW _tw_open_lines AS
 SELECT * FROM query(CASE WHEN getvariable('_tw_store') THEN
     'SELECT json, filename
      FROM read_ndjson_objects(getvariable(''data_dir'') || ''/trades/**/*.ndjson'',
-                              ignore_errors = true, filename = true)'
+                              ignore_errors = true, filename = true)
+     WHERE regexp_matches(filename, getvariable(''_tw_partition'') || ''[^/]*\.ndjson$'')
+       AND try_cast(regexp_extract(filename, getvariable(''_tw_partition''), 3) AS DATE) IS NOT NULL'
 ELSE
     'SELECT NULL::JSON AS json, NULL::VARCHAR AS filename WHERE false'
 END);
@@ -56,7 +67,7 @@ WITH l AS (
         json->'$.frame.data' AS d,
         json->'$.rest' AS r,
         json,
-        regexp_extract(filename, 'symbol=([A-Za-z0-9]+)', 1) AS path_symbol,
+        regexp_extract(filename, getvariable('_tw_partition'), 2) AS path_symbol,
         parse_dirpath(filename) AS _dir
     FROM _tw_open_lines
     WHERE json IS NOT NULL
@@ -84,17 +95,25 @@ WHERE coalesce(d->>'$.t', r->>'$.id') IS NOT NULL;
 
 -- A compacted hour is unique by trade id (compaction and imports make it so); copies can only
 -- meet in an hour that still holds NDJSON (the open hour, or a crash's leftovers). So only
--- those hours are deduplicated, and the rest of history streams through untouched.
+-- those hours are deduplicated, and the rest of history streams through untouched. The
+-- richest copy wins (recorder/schema.py SOURCE_RANK), so an archive imported into an hour whose
+-- NDJSON was not compacted yet does not hide the recorder's copy.
+-- The open hours are listed once (materialized), so an NDJSON file that appears during the
+-- query is either deduplicated against its hour's Parquet or not seen at all.
 CREATE OR REPLACE VIEW trades AS
-WITH open_dirs AS (SELECT DISTINCT _dir FROM _tw_open)
+WITH open_rows AS MATERIALIZED (SELECT * FROM _tw_open),
+open_dirs AS (SELECT DISTINCT _dir FROM open_rows)
 SELECT * EXCLUDE (_tier, _dir) FROM _tw_closed WHERE _dir NOT IN (SELECT _dir FROM open_dirs)
 UNION ALL BY NAME
 SELECT * EXCLUDE (_tier, _dir) FROM (
     SELECT * FROM _tw_closed WHERE _dir IN (SELECT _dir FROM open_dirs)
     UNION ALL BY NAME
-    SELECT * FROM _tw_open
+    SELECT * FROM open_rows
 )
-QUALIFY row_number() OVER (PARTITION BY symbol, trade_id ORDER BY _tier) = 1;
+QUALIFY row_number() OVER (
+    PARTITION BY symbol, trade_id
+    ORDER BY CASE source WHEN 'ws' THEN 0 WHEN 'rest' THEN 1 ELSE 2 END, _tier
+) = 1;
 
 CREATE OR REPLACE VIEW gaps AS
 SELECT * FROM query(CASE WHEN getvariable('_tw_gaps') THEN
