@@ -3,7 +3,9 @@
 The market runs on its own clock in a background thread: ``rate`` trades a second are
 "executed" from a tape of real frames and sent to every open connection; REST serves every
 executed trade by id. Tests script misbehaviour: drop connections, stall, send
-``serverShutdown``, inject garbage, fail or rate-limit REST, refuse connections.
+``serverShutdown``, inject garbage, refuse connections; REST (its own small HTTP server, so
+that it can also misbehave below HTTP) can fail, rate-limit, answer garbage or another
+symbol's trades, never answer, or trickle its reply a byte at a time.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ class FakeBinance:
         self.clients: list[_Client] = []
         self.connections = 0
         self.rest_requests: list[tuple[int, int]] = []
-        self.rest_mode = "ok"  # ok | fail | 429
-        self.retry_after = 1
+        # ok | fail (500) | 429 (once, then ok) | garbage (HTML) | other (another symbol's
+        # trades) | hang (never answers) | trickle (200, then a byte every 2 s)
+        self.rest_mode = "ok"
+        self.retry_after: object = 1
         self.refuse = False
         self.paused = True
         self.actions: dict[int, list] = {}
@@ -95,10 +99,16 @@ class FakeBinance:
             self._handler, "127.0.0.1", 0, process_request=self._http, close_timeout=0.2
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._rest_server = await asyncio.start_server(self._rest, "127.0.0.1", 0)
+        self.rest_port = self._rest_server.sockets[0].getsockname()[1]
+        self._rest_tasks: set[asyncio.Task] = set()
         self._market_task = asyncio.ensure_future(self._market())
 
     async def _stop(self) -> None:
         self._market_task.cancel()
+        self._rest_server.close()
+        for t in list(self._rest_tasks):
+            t.cancel()
         self._server.close(close_connections=False)
         for c in list(self.clients):
             self._end(c)
@@ -110,7 +120,7 @@ class FakeBinance:
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.rest_port}"
 
     # ---- the market ----------------------------------------------------------------
 
@@ -219,23 +229,61 @@ class FakeBinance:
             if self.refuse:
                 return connection.respond(503, "maintenance\n")
             return None
-        if path.path == "/api/v3/ping":
-            return self._json(connection, 200, {})
-        if path.path == "/api/v3/historicalTrades":
-            q = dict(urllib.parse.parse_qsl(path.query))
-            from_id, limit = int(q.get("fromId", self.first_id)), int(q.get("limit", 500))
-            self.rest_requests.append((from_id, limit))
-            if self.rest_mode == "fail":
-                return connection.respond(500, "internal error\n")
-            if self.rest_mode == "429":
-                resp = connection.respond(429, "too many requests\n")
-                resp.headers["Retry-After"] = str(self.retry_after)
-                self.rest_mode = "ok"
-                return resp
-            lo = max(0, from_id - self.first_id)
-            hi = min(self.executed, lo + limit)
-            return self._json(connection, 200, [rest_item(f) for f in self.frames[lo:hi]])
         return connection.respond(404, "not found\n")
+
+    async def _rest(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One HTTP/1.1 request per connection (``Connection: close``)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._rest_tasks.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            target = head.split(b" ", 2)[1].decode()
+            status, headers, body = self._rest_reply(urllib.parse.urlsplit(target))
+            if status is None:  # hang: never answer
+                await asyncio.sleep(3600)
+            lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", "Connection: close"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            if self.rest_mode == "trickle":
+                for i in range(len(body)):
+                    writer.write(body[i : i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(2)
+            writer.write(body)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self._rest_tasks.discard(task)
+
+    def _rest_reply(self, target) -> tuple[int | None, dict, bytes]:
+        mode = self.rest_mode
+        if mode == "hang":
+            return None, {}, b""
+        if mode == "fail":
+            return 500, {}, b"internal error\n"
+        if mode == "garbage":
+            return 200, {"Content-Type": "text/html"}, b"<html>maintenance</html>"
+        if mode == "429":
+            self.rest_mode = "ok"
+            return 429, {"Retry-After": str(self.retry_after)}, b"too many requests\n"
+        if target.path == "/api/v3/ping":
+            return 200, {}, b"{}"
+        if target.path != "/api/v3/historicalTrades":
+            return 404, {}, b"not found\n"
+        q = dict(urllib.parse.parse_qsl(target.query))
+        from_id, limit = int(q.get("fromId", self.first_id)), int(q.get("limit", 500))
+        self.rest_requests.append((from_id, limit))
+        if mode == "other":  # BTCUSDT-sized ids and prices, whatever was asked
+            items = [
+                {**rest_item(f), "id": 3_000_000_000 + i} for i, f in enumerate(self.frames[:50])
+            ]
+            return 200, {}, orjson.dumps(items)
+        lo = max(0, from_id - self.first_id)
+        hi = min(self.executed, lo + limit)
+        return 200, {}, orjson.dumps([rest_item(f) for f in self.frames[lo:hi]])
 
     @staticmethod
     def _json(connection: ServerConnection, status: int, obj) -> Response:
