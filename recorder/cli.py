@@ -43,7 +43,7 @@ def parse_symbols(text: str) -> tuple[str, ...]:
     out = []
     for part in text.split(","):
         s = part.strip()
-        if not _SYMBOL.match(s):
+        if not _SYMBOL.fullmatch(s):
             raise ConfigError(
                 f"symbol {s!r} is not alphanumeric; give symbols like --symbols btcusdt,ethusdt"
             )

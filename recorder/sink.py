@@ -157,15 +157,16 @@ class DiskSink:
 
     async def close(self, timeout: float) -> bool:
         """Write what is queued, fsync and close, within ``timeout`` seconds; False if the
-        disk did not let us in time (what was not written is refetched after a restart)."""
-        if self.failed:
-            self._worker.shutdown()
-            return False
+        disk did not let us in time (what was not written is refetched after a restart).
+        After a failed write the queue is abandoned, but the files are still closed (their
+        buffers flushed if the disk lets us), never left for a later flush to interleave with
+        a restarted recorder's lines."""
         try:
             async with asyncio.timeout(timeout):
-                await self.queue.join()
+                if not self.failed:
+                    await self.queue.join()
                 await self.call(self._close)
-            return True
+            return not self.failed
         except (TimeoutError, DiskError):
             return False
         finally:

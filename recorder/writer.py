@@ -143,14 +143,22 @@ class StoreWriter:
         atomic_write(self.root / layout.STATE / f"{name}.json", orjson.dumps(state))
 
     def close(self) -> None:
+        """fsync and close every file; each file is closed even if another one fails."""
         try:
             self.sync()
         finally:
+            errors = []
             for f in [*self._files.values(), self._rejects]:
                 if f is not None:
-                    f.close()
+                    try:
+                        f.close()
+                    except OSError as e:  # its buffer could not be flushed: disk full
+                        errors.append(e)
             self._files.clear()
+            self._dirty.clear()
             self._rejects = None
+            if errors:
+                raise errors[0]
 
 
 def check_writable(root: Path) -> None:

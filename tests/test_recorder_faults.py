@@ -1,0 +1,319 @@
+"""The recorder through the faults of issue 9, against a fake Binance on loopback: REST down
+at start, SIGTERM in every REST state, many drops, a poisoned REST reply, a failing disk, a
+removed store, far-off trade times, oversize frames, nonsense settings, and its metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from conftest import UNIT, fast_config, wait_for
+from fakebinance import FakeBinance
+from prometheus_client.parser import text_string_to_metric_families
+from test_process import start, wait_until
+from test_recorder_net import exactly_once, record
+
+from recorder import layout
+from recorder.config import RecorderConfig
+from recorder.errors import ConfigError, StoreError, StoreLockedError
+from recorder.exchange import retry_after_seconds
+from recorder.frames import decode_frame
+from recorder.lock import StoreLock
+from recorder.service import Recorder
+from recorder.sink import DiskError
+from recorder.status import store_status
+from recorder.writer import StoreWriter
+
+
+def seed_store(root: Path, frames: list[bytes], n: int = 1) -> None:
+    """The store holds the first ``n`` trades, as if an earlier recorder had stopped."""
+    w = StoreWriter(root)
+    for raw in frames[:n]:
+        f = decode_frame(raw, 1, frozenset({"BTCUSDT"}))
+        w.append([("BTCUSDT", layout.hour_of(f.trade_time), f.line)])
+    w.close()
+
+
+def test_rest_down_at_start_records_the_stream_and_fills_in_later(tmp_path, frames_2024):
+    frames = frames_2024[:4000]
+    seed_store(tmp_path, frames)
+    with FakeBinance(frames, rate=4000) as fake:
+        fake.rest_mode = "fail"
+        seen: dict[str, object] = {}
+
+        async def while_down(rec):
+            fake.threadsafe(fake.start_market)
+            await wait_for(lambda: rec.stats["trades"] > 500, 20, "the stream to be recorded")
+            await wait_for(lambda: (tmp_path / "state/recorder.json").exists(), 5, "status")
+            await asyncio.sleep(0.5 * UNIT)
+            state = orjson.loads((tmp_path / "state/recorder.json").read_bytes())
+            seen["since"] = state["rest_unavailable_since"]
+            seen["status"] = store_status(tmp_path)["rest_unavailable_since"]
+            fake.rest_mode = "ok"
+
+        rec = asyncio.run(
+            record(fast_config(tmp_path, fake, rest_give_up=60 * UNIT), fake, before=while_down)
+        )
+    assert seen["since"] is not None and seen["since"] == seen["status"]
+    assert str(seen["since"]).startswith(time.strftime("%Y-%m-%dT", time.gmtime()))
+    assert rec.stats["rest_failures"] >= 1 and rec.stats["gaps_recorded"] == 0
+    assert rec.ingest.rest_down_since is None  # REST answered again
+    exactly_once(tmp_path, frames)
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [
+        ("fail", ["--backoff-initial", "20", "--backoff-max", "60"]),
+        ("429", []),
+        ("hang", ["--rest-timeout", "120"]),
+        ("trickle", ["--rest-timeout", "120"]),
+    ],
+)
+def test_sigterm_with_rest_in_trouble_exits_within_5_s(tmp_path, frames_2024, mode, extra):
+    """REST failing (mid back-off), rate-limited with Retry-After: 3600, never answering, or
+    trickling a byte every 2 s: SIGTERM still ends the recorder at once, exit 0."""
+    frames = frames_2024[:3000]
+    seed_store(tmp_path, frames)
+    with FakeBinance(frames, rate=3000) as fake:
+        fake.retry_after = 3600
+        fake.rest_mode = mode
+        p = start(tmp_path, fake, None, *extra)
+        wait_until(lambda: fake.connections == 1, 20, "the recorder to connect")
+        fake.threadsafe(fake.start_market)
+        # Catch-up and a serverShutdown switch both send backfill to REST.
+        fake.threadsafe(lambda: fake.shutdown_all(close_after=0.5))
+        time.sleep(2.5 * UNIT)
+        assert p.poll() is None, Path(p.log_path).read_text()
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(15)
+        took = time.monotonic() - t0
+    err = Path(p.log_path).read_text()
+    assert rc == 0, err
+    assert took < 5 * UNIT, f"{took:.1f} s"
+    assert "stopped:" in err and "Traceback" not in err
+
+
+def test_twenty_drops_in_a_row_keep_reconnect_delays_short(tmp_path, frames_2024):
+    """After each healthy period the back-off starts over: twenty drops never climb towards
+    --backoff-max (10 s here), they each wait a first delay (at most 0.05 s)."""
+    frames = frames_2024[:17000]
+    with FakeBinance(frames, rate=2000) as fake:
+        for k in range(20):
+            fake.at(800 * (k + 1), FakeBinance.drop_all)
+        cfg = fast_config(tmp_path, fake, backoff_max=10.0, ping_interval=0.3 * UNIT)
+        rec = asyncio.run(record(cfg, fake))
+        assert fake.connections == 21
+    assert rec.stats["disconnects"] == 20
+    assert len(rec.conns.delays_used) == 20
+    assert max(rec.conns.delays_used) <= 0.05
+    exactly_once(tmp_path, frames)
+
+
+def test_another_symbols_rest_reply_is_quarantined_not_stored(tmp_path, frames_2024):
+    frames = frames_2024[:4000]
+    with FakeBinance(frames, rate=4000) as fake:
+
+        def drop_and_poison(f):
+            f.rest_mode = "other"
+            f.drop_all()
+
+        fake.at(1000, drop_and_poison)
+        fake.at(2500, lambda f: setattr(f, "rest_mode", "ok"))
+        rec = asyncio.run(record(fast_config(tmp_path, fake, rest_give_up=60 * UNIT), fake))
+    assert rec.stats["rejects"] >= 50 and rec.stats["rejects"] % 50 == 0
+    assert rec.stats["gaps_recorded"] == 0
+    rejects = b"".join(p.read_bytes() for p in (tmp_path / "rejects").glob("*.ndjson"))
+    assert b"outside the requested" in rejects and b"3000000000" in rejects
+    exactly_once(tmp_path, frames)  # every trade once, none of the poisoned rows
+
+
+def test_a_failing_disk_stops_the_recorder_and_a_restart_loses_nothing(tmp_path, frames_2024):
+    frames = frames_2024[:4000]
+
+    class FullDisk(StoreWriter):
+        calls = 0
+
+        def append(self, batch):
+            FullDisk.calls += 1
+            if FullDisk.calls > 20:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.root))
+            super().append(batch)
+
+    async def until_failure(cfg, fake):
+        rec = Recorder(cfg, seed=1)
+        rec.sink.writer = FullDisk(tmp_path)
+        task = asyncio.create_task(rec.run())
+        await wait_for(lambda: rec.conns.open or task.done(), 5, "first connection")
+        fake.threadsafe(fake.start_market)
+        t0 = time.monotonic()
+        with pytest.raises(DiskError, match=r"No space left on device .*restart"):
+            await asyncio.wait_for(task, 30)
+        return time.monotonic() - t0, rec
+
+    with FakeBinance(frames, rate=4000) as fake:
+        cfg = fast_config(tmp_path, fake)
+        took, rec = asyncio.run(until_failure(cfg, fake))
+        assert rec.sink.failed and rec.stats["trades"] < 4000
+        # Space is back: a restart catches up from REST.
+        fake.wait_done(20)
+        asyncio.run(record(cfg, fake, until_done=True))
+    assert took < 10
+    exactly_once(tmp_path, frames)
+
+
+def test_a_removed_store_stops_the_recorder(tmp_path, frames_2024):
+    root = tmp_path / "store"
+    with FakeBinance(frames_2024[:4000], rate=2000) as fake:
+
+        async def scenario():
+            rec = Recorder(fast_config(root, fake), seed=1)
+            task = asyncio.create_task(rec.run())
+            await wait_for(lambda: rec.conns.open or task.done(), 5, "first connection")
+            fake.threadsafe(fake.start_market)
+            await wait_for(lambda: rec.stats["trades"] > 200, 10, "trades")
+            shutil.rmtree(root)
+            with pytest.raises(StoreError, match="was removed or replaced while in use"):
+                await asyncio.wait_for(task, 10)
+
+        asyncio.run(scenario())
+
+
+def test_removing_the_lock_file_does_not_release_the_lock(tmp_path):
+    with StoreLock(tmp_path):
+        (tmp_path / layout.LOCK).unlink()
+        with (
+            pytest.raises(StoreLockedError, match="is in use by another recorder"),
+            StoreLock(tmp_path),
+        ):
+            pass
+    with StoreLock(tmp_path):  # released on exit
+        pass
+
+
+def test_far_off_trade_times_are_quarantined(tmp_path, frames_2024):
+    frames = frames_2024[:3000]
+    d = orjson.loads(frames[1000])["data"]
+
+    def dated(year_ms: int) -> bytes:
+        bad = {**d, "t": d["t"] + 5000, "T": year_ms}
+        return orjson.dumps({"stream": "btcusdt@trade", "data": bad})
+
+    with FakeBinance(frames, rate=3000) as fake:
+        fake.at(1000, lambda f: f.inject(dated(3_993_000_000_000)))  # 2096
+        fake.at(1001, lambda f: f.inject(dated(1_500_000_000_000)))  # 2017
+        # The capture is from 2024: a skew of three years admits it, not 2017 or 2096.
+        cfg = fast_config(tmp_path, fake, max_clock_skew=3 * 365 * 86400.0)
+        rec = asyncio.run(record(cfg, fake))
+    assert rec.stats["rejects"] == 2 and rec.stats["gaps_detected"] == 0
+    exactly_once(tmp_path, frames)
+
+
+def test_an_oversize_frame_is_quarantined_and_the_connection_kept(tmp_path, frames_2024):
+    frames = frames_2024[:2000]
+    big = b'{"stream":"btcusdt@trade","data":{"e":"trade","pad":"' + b"x" * (2 << 20) + b'"}}'
+    with FakeBinance(frames, rate=4000) as fake:
+        fake.at(1000, lambda f: f.inject(big))
+        rec = asyncio.run(record(fast_config(tmp_path, fake), fake))
+        assert fake.connections == 1
+    assert rec.stats["rejects"] == 1
+    (line,) = b"".join(p.read_bytes() for p in (tmp_path / "rejects").glob("*")).splitlines()
+    assert orjson.loads(line)["frame"].encode() == big
+    exactly_once(tmp_path, frames)
+
+
+def test_metrics_scraped_over_http_match_the_recorders_counters(tmp_path, frames_2024):
+    frames = frames_2024[:3000]
+    scraped: dict = {}
+    with FakeBinance(frames, rate=3000) as fake:
+        fake.at(1500, FakeBinance.drop_all)
+
+        async def scrape(rec):
+            last = orjson.loads(frames[-1])["data"]["t"]
+            await wait_for(lambda: fake.executed == len(frames), 30, "the market")
+            await wait_for(lambda: rec.trackers["BTCUSDT"].high == last, 20, "catch-up")
+            await asyncio.sleep(0.3 * UNIT)
+            async with httpx.AsyncClient() as c:
+                r = await c.get(f"http://127.0.0.1:{rec.metrics.port}/metrics")
+            for fam in text_string_to_metric_families(r.text):
+                for s in fam.samples:
+                    scraped[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            scraped["stats"] = dict(rec.stats)
+            scraped["queue"] = rec.sink.queue.qsize()
+
+        async def go():
+            cfg = fast_config(tmp_path, fake, metrics_addr="127.0.0.1:0")
+            rec = Recorder(cfg, seed=1)
+            task = asyncio.create_task(rec.run())
+            await wait_for(lambda: rec.metrics.port or task.done(), 5, "metrics server")
+            fake.threadsafe(fake.start_market)
+            await scrape(rec)
+            rec.stop()
+            await task
+
+        asyncio.run(go())
+    st = scraped["stats"]
+    p = "tapewatch_recorder_"
+    for key in ("trades", "frames", "rejects", "duplicates", "backfilled", "gaps_recorded"):
+        assert scraped[(p + key + "_total", ())] == st.get(key, 0), key
+    assert scraped[(p + "trades_total", ())] == 3000
+    assert scraped[(p + "reconnects_total", (("cause", "dropped"),))] == 1
+    assert scraped[(p + "rest_requests_total", (("status", "200"),))] == st["rest_requests"]
+    assert scraped[(p + "queue_depth", ())] == scraped["queue"]
+    assert scraped[(p + "rest_down", ())] == 0
+    lag = scraped[(p + "lag_seconds", (("symbol", "BTCUSDT"),))]
+    last_ms = orjson.loads(frames[-1])["data"]["T"]
+    assert abs(lag - (time.time() * 1000 - last_ms) / 1000) < 60
+    assert scraped[(p + "fsync_latency_seconds_count", ())] == 3000
+
+
+NONSENSE = [
+    ("fsync_interval", -1, "--fsync-interval -1 is out of range"),
+    ("compact_interval", 0, "--compact-interval 0 is out of range"),
+    ("ping_interval", 0, "--ping-interval 0 is out of range"),
+    ("max_connection_age", 0, "--max-connection-age 0 is out of range"),
+    ("queue_max", 0, "--queue-max 0 is out of range"),
+    ("rest_weight_per_minute", 20, "--rest-weight-per-minute 20 is out of range: give a value at least 25"),
+    ("rest_weight_per_minute", 0, "--rest-weight-per-minute 0 is out of range"),
+    ("fsync_interval", float("nan"), "--fsync-interval must be a finite float"),
+    ("rest_limit", 2.5, "--rest-limit must be a finite int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value", "message"), NONSENSE)
+def test_nonsense_settings_are_refused(tmp_path, name, value, message):
+    with pytest.raises(ConfigError) as e:
+        RecorderConfig(symbols=("BTCUSDT",), data_dir=tmp_path, **{name: value})
+    assert str(e.value).startswith(message)
+
+
+def test_nonsense_settings_on_the_command_line_exit_2(tmp_path):
+    from test_process import run_cli
+
+    for option, value, shown in [
+        ("--fsync-interval", "-1", "-1.0 is not in the range 0.01<=x<=60.0"),
+        ("--queue-max", "0", "0 is not in the range 1<=x<=10000000"),
+        ("--rest-weight-per-minute", "20", "20 is not in the range x>=25"),
+    ]:
+        r = run_cli("run", "--symbols", "btcusdt", "--data-dir", str(tmp_path), option, value)
+        assert r.returncode == 2 and f"Invalid value for '{option}': {shown}" in r.stderr
+        r = run_cli("run", "--symbols", "btcusdt", "--data-dir", str(tmp_path),
+                    env={"TAPEWATCH_" + option[2:].upper().replace("-", "_"): value})  # fmt: skip
+        assert r.returncode == 2 and f"Invalid value for '{option}': {shown}" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("30", 30.0), ("inf", 60.0), ("nan", 60.0), ("-5", 60.0), ("soon", 60.0), (None, 60.0),
+     ("1e9", 3 * 86400.0)],
+)  # fmt: skip
+def test_retry_after_is_bounded(header, seconds):
+    assert retry_after_seconds(header) == seconds
