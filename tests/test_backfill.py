@@ -165,7 +165,7 @@ def test_any_interleaving_ends_with_every_id_stored_or_a_gap(n, seen, holes, rep
     holes = {h for h in holes if h < n}
     tr = IdTracker(0, t(0))
     stored, gaps = [0], {}
-    for i in sorted(s for s in seen - holes if s <= n) + [n]:
+    for i in [*sorted(s for s in seen - holes if s <= n), n]:
         if tr.accept(i, t(i))[0] != Accept.DUP:
             stored.append(i)
     bf = policy(tr, give_up=3.0)
