@@ -54,8 +54,8 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: bench
-# All benchmarks, about 30 minutes on 2 cores (the recorder soak alone is 10); figures go to
-# bench/README.md by hand.
+# All benchmarks, about 40 minutes on 2 cores (the recorder soak and the chaos run are 10 each);
+# figures go to bench/README.md by hand.
 bench: $(STAMP)
 	$(BIN)/python bench/windows_bench.py --days 1 30
 	$(BIN)/python bench/analysis_bench.py --days 30
@@ -66,3 +66,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine_bench.py --days 30 --model-windows 0
 	$(BIN)/python bench/model_bench.py --days 3 --windows 30000
 	$(BIN)/python bench/import_bench.py --trades 30000000
+	$(BIN)/python bench/chaos.py --minutes 10 --seed 1

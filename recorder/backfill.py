@@ -14,6 +14,7 @@ or one far-off trade time, is quarantined instead of poisoning the tracker).
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +52,14 @@ class Request:
     gap: Missing | None
     lo_time: int
     ceiling: int
+
+    @property
+    def top_id(self) -> int:
+        """The highest id a truthful reply can hold. REST answers ``fromId`` with the next ids
+        it has, so past a hole in a gap the reply runs on to ``limit`` ids after the gap's end
+        (ids the stream already delivered); for a catch-up nothing bounds it but the page."""
+        page_end = self.from_id + self.limit - 1
+        return page_end if self.gap is None else max(page_end, self.gap.last + self.limit)
 
     def hi_time(self, trade_id: int) -> int:
         g = self.gap
@@ -122,24 +131,30 @@ class SymbolBackfill:
         return Request(self.symbol, t.high + 1, self.limit, None, t.high_time, ceiling)
 
     def judge(self, req: Request, items: list[Any], recv_us: int) -> Verdict:
-        """Sort a reply into trades to store, rejects, and ids REST does not have."""
+        """Sort a reply into trades to store, rejects, and ids REST does not have.
+
+        Items outside the requested ids or their neighbours' times are quarantined one by one.
+        A reply whose remaining trades are not in strictly increasing id (and time) order is
+        not a truthful page at all: it is a failure, retried, because trusting its first id
+        could declare ids lost that REST still has."""
         store: list[Frame] = []
         rejects: list[tuple[bytes, str]] = []
-        last_id, last_time = req.from_id - 1, req.lo_time
-        top = req.from_id + req.limit - 1
+        top = req.top_id
         for item in items:
             f = decode_rest_trade(item, req.symbol, recv_us)
             why = f.reason if f.kind is not Kind.TRADE else ""
-            if not why and not last_id < f.trade_id <= top:
+            if not why and not req.from_id <= f.trade_id <= top:
                 why = f"REST trade id {f.trade_id} outside the requested {req.from_id}..{top}"
-                why += " or out of order" if req.from_id <= f.trade_id <= top else ""
-            elif not why and not last_time <= f.trade_time <= req.hi_time(f.trade_id):
+            elif not why and not req.lo_time <= f.trade_time <= req.hi_time(f.trade_id):
                 why = f"REST trade time {f.trade_time} outside its neighbours' times"
             if why:
                 rejects.append((_raw(item), why))
-                continue
-            store.append(f)
-            last_id, last_time = f.trade_id, f.trade_time
+            else:
+                store.append(f)
+        pairs = itertools.pairwise(store)
+        if any(b.trade_id <= a.trade_id or b.trade_time < a.trade_time for a, b in pairs):
+            why = "REST reply not in id and time order"
+            return Verdict(rejects=[*rejects, (_raw(items), why)], usable=False)
         if items and not store:
             return Verdict(rejects=rejects, usable=False)
         self.failing_since, self._delays, self.retry_at = None, None, 0.0

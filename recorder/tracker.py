@@ -57,7 +57,7 @@ class IdTracker:
             return Accept.NEW, gap
         for i, m in enumerate(self.missing):
             if m.first <= tid <= m.last:
-                self._cut(i, tid, tid)
+                self._cut(i, tid, tid, ttime)
                 return Accept.FILL, None
         return Accept.DUP, None
 
@@ -75,14 +75,17 @@ class IdTracker:
             i = self._cut(i, lo, hi)
         return dropped
 
-    def _cut(self, i: int, lo: int, hi: int) -> int:
-        """Remove ids lo..hi from missing[i]; returns the index to continue scanning at."""
+    def _cut(self, i: int, lo: int, hi: int, ttime: int | None = None) -> int:
+        """Remove ids lo..hi from missing[i]; returns the index to continue scanning at.
+        ``ttime``: the trade time of a filled id, which becomes its neighbours' bracket."""
         m = self.missing[i]
         pieces = []
         if m.first < lo:
-            pieces.append(Missing(m.first, lo - 1, m.after_time, m.before_time))
+            before = m.before_time if ttime is None else ttime
+            pieces.append(Missing(m.first, lo - 1, m.after_time, before))
         if hi < m.last:
-            pieces.append(Missing(hi + 1, m.last, m.after_time, m.before_time))
+            after = m.after_time if ttime is None else ttime
+            pieces.append(Missing(hi + 1, m.last, after, m.before_time))
         self.missing[i : i + 1] = pieces
         return i + len(pieces)
 

@@ -5,7 +5,9 @@ The market runs on its own clock in a background thread: ``rate`` trades a secon
 executed trade by id. Tests script misbehaviour: drop connections, stall, send
 ``serverShutdown``, inject garbage, refuse connections; REST (its own small HTTP server, so
 that it can also misbehave below HTTP) can fail, rate-limit, answer garbage or another
-symbol's trades, never answer, or trickle its reply a byte at a time.
+symbol's trades, never answer, or trickle its reply a byte at a time. Ranges of trade ids can
+be held back from REST (``rest_skip``: an exchange-side hole in its history) and from the
+stream (``stream_skip``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def rest_item(frame: bytes) -> dict:
 _END = b"<end of connection>"
 
 
+def _inside(trade_id: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(first <= trade_id <= last for first, last in ranges)
+
+
 @dataclass(eq=False)
 class _Client:
     ws: ServerConnection
@@ -70,6 +76,11 @@ class FakeBinance:
         # trades) | hang (never answers) | trickle (200, then a byte every 2 s)
         self.rest_mode = "ok"
         self.retry_after: object = 1
+        # Inclusive trade-id ranges historicalTrades never serves (it answers with the next ids
+        # it has, as Binance answers ``fromId`` with ids >= fromId), and ranges the stream never
+        # sends. Both are read in the server thread: set them before the market reaches them.
+        self.rest_skip: list[tuple[int, int]] = []
+        self.stream_skip: list[tuple[int, int]] = []
         self.refuse = False
         self.paused = True
         self.actions: dict[int, list] = {}
@@ -150,6 +161,10 @@ class FakeBinance:
                     act(self)
                 frame = self.frames[self.executed]
                 self.executed += 1
+                if self.stream_skip and _inside(
+                    self.first_id + self.executed - 1, self.stream_skip
+                ):
+                    continue
                 for c in self.clients:
                     c.queue.put_nowait(frame)
 
@@ -196,6 +211,12 @@ class FakeBinance:
 
     def threadsafe(self, fn, *args) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
+
+    def set_rest_mode(self, mode: str, retry_after: object = None) -> None:
+        """Switch REST to ``mode`` (see ``rest_mode``); with ``retry_after`` for "429"."""
+        if retry_after is not None:
+            self.retry_after = retry_after
+        self.rest_mode = mode
 
     # ---- servers -------------------------------------------------------------------
 
@@ -282,6 +303,13 @@ class FakeBinance:
             ]
             return 200, {}, orjson.dumps(items)
         lo = max(0, from_id - self.first_id)
+        if self.rest_skip:
+            picked: list[bytes] = []
+            while lo < self.executed and len(picked) < limit:
+                if not _inside(self.first_id + lo, self.rest_skip):
+                    picked.append(self.frames[lo])
+                lo += 1
+            return 200, {}, orjson.dumps([rest_item(f) for f in picked])
         hi = min(self.executed, lo + limit)
         return 200, {}, orjson.dumps([rest_item(f) for f in self.frames[lo:hi]])
 

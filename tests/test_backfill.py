@@ -64,14 +64,20 @@ CASES = {
     "another symbol's ids and prices": (
         [item(3_000_000_000 + i, price="99000.1") for i in range(50)], [], 50, [], False,
     ),
-    "out of order": ([item(105), item(107), item(106), item(108)], [105, 107, 108], 1, [], True),
+    "out of order: not a truthful page": ([item(105), item(107), item(106), item(108)], [], 1, [], False),
+    "jumps ahead, then back": ([item(114), *(item(i) for i in range(105, 110))], [], 1, [], False),
     "time before the neighbour": ([item(105, time=t(104) - 1), item(106)], [106], 1, [(105, 105)], True),
     "time after the neighbour inside the gap": (
         [item(105), item(106, time=t(110) + 1), item(107)], [105, 107], 1, [], True,
     ),
+    "times going backwards": ([item(105), item(106, time=t(105) - 1)], [], 1, [], False),
     "a trade dated decades ahead": ([item(105), item(106, time=4_000_000_000_000)], [105], 1, [], True),
     "not an object, no id": (["x", {"id": "105"}, item(105)], [105], 2, [], True),
     "id below the request": ([item(104), item(105)], [105], 1, [], True),
+    # REST answers fromId with the next ids it has: past a hole of the whole gap and more than
+    # a page, the reply runs on after the gap's end (ids the stream delivered): "not served".
+    "a hole longer than a page": ([item(i) for i in range(110, 120)], list(range(110, 120)), 0, [(105, 109)], True),
+    "past gap.last + limit": ([item(120)], [], 1, [], False),
 }  # fmt: skip
 
 
@@ -91,6 +97,19 @@ def test_judge_a_reply(name):
         assert all((g.after_time, g.before_time) == (t(104), t(110)) for g in v.gaps)
     if not usable:  # nothing trusted: the tracker is untouched
         assert bf.tracker.missing == [Missing(105, 109, t(104), t(110))]
+
+
+def test_a_fill_brackets_the_pieces_it_leaves_with_its_own_time():
+    tr = IdTracker(104, t(104))
+    tr.accept(110, t(110))
+    assert tr.accept(107, t(107)) == (Accept.FILL, None)
+    assert tr.missing == [Missing(105, 106, t(104), t(107)), Missing(108, 109, t(107), t(110))]
+    # Giving up keeps the brackets it finds.
+    assert tr.give_up(105, 109) == [
+        *tr.missing[:0],
+        Missing(105, 106, t(104), t(107)),
+        Missing(108, 109, t(107), t(110)),
+    ]
 
 
 def test_catch_up_ends_with_a_short_page():
@@ -134,7 +153,7 @@ def test_failures_back_off_then_give_up_and_a_success_resets():
     step = bf.next_step(now, NOW_MS)
     assert isinstance(step, Wait) and 0.05 <= step.seconds <= 0.1
     # Failing for give_up_after seconds records every missing id as a gap.
-    assert bf.failed(req, now + 5.0) == [Missing(106, 109, t(104), t(110))]
+    assert bf.failed(req, now + 5.0) == [Missing(106, 109, t(105), t(110))]
     assert bf.tracker.missing == [] and bf.next_step(now + 5.0, NOW_MS) is None
 
 

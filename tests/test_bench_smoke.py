@@ -119,3 +119,11 @@ def test_analysis_bench_smoke(tmp_path):
     assert lines[1].startswith("sweep 10s/20s/30s/60s over 1 days: one scan ")
     assert lines[2].startswith("storage, real capture (19,904 trades, 2 hour files): NDJSON ")
     assert lines[3].startswith("storage, synthetic hour (3,000 trades, 1 hour files): NDJSON ")
+
+
+def test_chaos_bench_smoke():
+    lines = run_bench("bench/chaos.py", "--minutes", "0.1", "--seed", "3")
+    assert lines[0].startswith(
+        "chaos run: seed 3, 0.1 min of market at 500 trades/s (3,000 trades)"
+    )
+    assert lines[-1].endswith("every shutdown < 5 s): HOLDS")

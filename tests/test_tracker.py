@@ -14,10 +14,11 @@ def test_gap_fill_and_duplicates():
     verdict, gap = t.accept(15, 150)
     assert (verdict, gap) == (Accept.NEW, Missing(12, 14, 110, 150))
     assert t.accept(13, 130) == (Accept.FILL, None)
-    assert [m.as_list() for m in t.missing] == [[12, 12, 110, 150], [14, 14, 110, 150]]
+    # The filled id's time brackets the pieces it leaves on either side.
+    assert [m.as_list() for m in t.missing] == [[12, 12, 110, 130], [14, 14, 130, 150]]
     assert t.accept(13, 130) == (Accept.DUP, None)
     assert t.accept(15, 150) == (Accept.DUP, None)
-    assert t.give_up(0, 100) == [Missing(12, 12, 110, 150), Missing(14, 14, 110, 150)]
+    assert t.give_up(0, 100) == [Missing(12, 12, 110, 130), Missing(14, 14, 130, 150)]
     assert t.missing == []
 
 
