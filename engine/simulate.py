@@ -12,6 +12,14 @@ Activity and volatility regimes switch at known times (segments of 30 min to 8 h
 activity bursts that do not move the price, and price jumps while activity is quiet. All of
 them are saved beside the tape (``DATA_DIR/simulations/SYMBOL.json``) as the ground truth
 ``engine run`` scores the detector against. Deterministic for a seed.
+
+Scenarios:
+- ``calibration`` (the default): nothing announces any event, so no detector can anticipate
+  one; a detector's anticipation scores must sit at chance here.
+- ``precursor``: the same tape (same seed, same draws) plus ``volatility_burst`` events
+  (volatility x4 for 5 minutes, 12 a day, one per 2-hour slot), each announced by activity
+  x5 for exactly ``lead_s`` seconds before it: a precursor with a known lead. Their placement
+  has its own random stream, so the calibration tape is unchanged by their existence.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import polars as pl
 
 from recorder.schema import PARQUET_SCHEMA
 
-__all__ = ["simulate", "truth_path", "write_simulation"]
+__all__ = ["PRECURSOR_LEAD_S", "SCENARIOS", "simulate", "truth_path", "write_simulation"]
 
 DAY_S = 86_400
 BASE_RATE = 3_000_000 / DAY_S  # trades per second at activity 1 (regimes average ~1.4: ~4 M a day)
@@ -34,6 +42,12 @@ SIGMA = 8e-5  # per-second log-return sd at volatility level 1 (about 50 % a yea
 ACTIVITY = (0.25, 1.0, 3.0)
 VOLATILITY = (0.5, 1.0, 2.5)
 START_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC
+SCENARIOS = ("calibration", "precursor")
+PRECURSOR_LEAD_S = 120  # seconds of raised activity before each volatility burst
+PRECURSOR_ACTIVITY = 5.0  # activity multiplier of a precursor
+PRECURSORS_PER_DAY = 12
+BURST_VOLATILITY = 4.0  # volatility multiplier of a volatility burst
+BURST_S = 300  # seconds a volatility burst lasts
 
 
 def truth_path(data_dir: Path, symbol: str) -> Path:
@@ -44,8 +58,40 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
+def _precursors(
+    n_s: int, days: float, seed: int, start_ms: int, lead_s: int, act: np.ndarray, vol: np.ndarray
+) -> list[dict[str, Any]]:
+    """Volatility bursts announced by ``lead_s`` seconds of raised activity, one at a random
+    second of each of ``PRECURSORS_PER_DAY * days`` equal slots (so they never overlap)."""
+    rng = np.random.default_rng([seed, 2])
+    n = max(1, round(PRECURSORS_PER_DAY * days))
+    slot = n_s // n
+    events = []
+    for k in range(n):
+        lo, hi = k * slot + lead_s + 60, (k + 1) * slot - BURST_S - 60
+        if hi <= lo:
+            continue
+        t = int(rng.integers(lo, hi))
+        act[t - lead_s : t] *= PRECURSOR_ACTIVITY
+        vol[t : t + BURST_S] *= BURST_VOLATILITY
+        events.append(
+            {
+                "kind": "volatility_burst",
+                "time_ms": start_ms + t * 1000,
+                "seconds": BURST_S,
+                "volatility_factor": BURST_VOLATILITY,
+                "precursor": {
+                    "start_ms": start_ms + (t - lead_s) * 1000,
+                    "lead_s": lead_s,
+                    "activity_factor": PRECURSOR_ACTIVITY,
+                },
+            }
+        )
+    return events
+
+
 def _seconds(
-    days: float, seed: int, start_ms: int
+    days: float, seed: int, start_ms: int, scenario: str = "calibration", lead_s: int = 0
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """The per-second process: regimes, events, trade counts and mid price."""
     rng = np.random.default_rng(seed)
@@ -85,6 +131,8 @@ def _seconds(
         jump[s0 : s0 + 5] = size / 5
         act[s0 : s0 + 60] *= 0.5
         events.append({"kind": "price_jump", "time_ms": start_ms + s0 * 1000, "return": size})
+    if scenario == "precursor":
+        events += _precursors(n_s, days, seed, start_ms, lead_s, act, vol)
     events.sort(key=lambda e: e["time_ms"])
     for e in events:
         e["time"] = _iso(e["time_ms"])
@@ -140,9 +188,18 @@ def _trades(
     ).cast(PARQUET_SCHEMA)  # type: ignore[arg-type]
 
 
-def simulate(days: float, seed: int, start_ms: int = START_MS):
-    """Yield the tape a day at a time (store schema), then return the ground truth."""
-    per_s, events = _seconds(days, seed, start_ms)
+def simulate(
+    days: float,
+    seed: int,
+    start_ms: int = START_MS,
+    scenario: str = "calibration",
+    lead_s: int = PRECURSOR_LEAD_S,
+):
+    """Yield the tape a day at a time (store schema), then return the ground truth.
+    ``scenario`` is one of ``SCENARIOS``; ``lead_s`` is the precursors' lead (seconds)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
+    per_s, events = _seconds(days, seed, start_ms, scenario, lead_s)
     rng = np.random.default_rng([seed, 1])
     n_s = len(per_s["counts"])
     first = 1
@@ -156,6 +213,8 @@ def simulate(days: float, seed: int, start_ms: int = START_MS):
         "start": _iso(start_ms),
         "end": _iso(start_ms + n_s * 1000),
         "trades": first - 1,
+        "scenario": scenario,
+        **({"precursor_lead_s": lead_s} if scenario == "precursor" else {}),
         "events": events,
         "model": {
             "base_rate_per_s": BASE_RATE,
@@ -168,7 +227,14 @@ def simulate(days: float, seed: int, start_ms: int = START_MS):
     }
 
 
-def write_simulation(data_dir: Path, symbol: str, days: float, seed: int) -> dict[str, Any]:
+def write_simulation(
+    data_dir: Path,
+    symbol: str,
+    days: float,
+    seed: int,
+    scenario: str = "calibration",
+    lead_s: int = PRECURSOR_LEAD_S,
+) -> dict[str, Any]:
     """Simulate and write the tape into the store with the importer's all-or-nothing hour
     writer, a day at a time (bounded memory), and the ground truth beside it."""
     from recorder.archive import HourSpool
@@ -182,7 +248,7 @@ def write_simulation(data_dir: Path, symbol: str, days: float, seed: int) -> dic
     with StoreLock(data_dir):
         stager = HourSpool(data_dir)
         try:
-            gen = simulate(days, seed)
+            gen = simulate(days, seed, scenario=scenario, lead_s=lead_s)
             while True:
                 try:
                     day = next(gen)

@@ -5,14 +5,28 @@ trade-id order. Windows with no trades are present (``trade_count = 0``). Featur
 
     trade_count, volume (sum qty), quote_volume (sum price*qty), avg_trade_size (volume/count),
     open/high/low/close (first/max/min/last price), return (close/open - 1),
-    volatility (sample sd of prices, ddof 1; 0 below 2 trades), vwap (quote_volume/volume),
+    volatility (sample sd of prices, ddof 1, in USD; 0 below 2 trades),
+    realized_variance (sum of squared tick log returns ln(p_i / p_(i-1)) between consecutive
+        trades of the window; 0 below 2 trades),
+    parkinson_variance (Parkinson's range estimator ln(high / low)^2 / (4 ln 2); 0 without
+        trades), vwap (quote_volume/volume),
     buy_volume (qty of taker buys: is_buyer_maker false), gap (touched by missing trade ids)
 
 Undefined values of an empty window (prices, return, avg size, vwap) are null.
+
+``volatility`` is the prototype's (USD, so it grows with the price level). The two variances
+are in squared log return per window and do not depend on the price level. Realized variance
+counts only the changes between trades of the same window: the change from the previous
+window's last trade is left out, so a window is a function of its own trades (the batch build
+over day chunks, the live watcher and the SQL build agree, and an empty window in between
+changes nothing). Both include the bid-ask bounce of trade prices: realized variance once per
+price change (so in a quiet market it grows with the trade count), the range at most once per
+window (high at the ask, low at the bid).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -35,11 +49,20 @@ WINDOW_COLUMNS = [
     "close",
     "return",
     "volatility",
+    "realized_variance",
+    "parkinson_variance",
     "vwap",
     "buy_volume",
     "gap",
 ]
 _UTC = pl.Datetime("us", "UTC")
+# Parkinson (1980): E[ln(high/low)^2] = 4 ln 2 sigma^2. A product by the reciprocal (Polars
+# turns a division by a constant into one anyway), written the same way in sql/windows.sql.
+_PARKINSON = 1 / (4 * math.log(2))
+
+
+def _square(x: pl.Expr) -> pl.Expr:
+    return x * x  # a product, as the SQL build does: bit for bit the same as DuckDB's
 
 
 def _ts(ms: int) -> pl.Expr:
@@ -63,6 +86,10 @@ def window_features(trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int)
             close=pl.col("price").last(),
             # Shift-invariant, but better conditioned (and exactly 0 for a flat window).
             volatility=(pl.col("price") - pl.col("price").first()).std(ddof=1),
+            # ln of the ratio, not a difference of lns: exactly 0 for an unchanged price, and
+            # the SQL build's operations (only the order of the sum differs). The shift stays
+            # inside the window: its first trade has no return.
+            realized_variance=_square((pl.col("price") / pl.col("price").shift()).log()).sum(),
             buy_volume=pl.col("qty").filter(~pl.col("is_buyer_maker")).sum(),
         )
         .rename({"trade_time": "window_start"})
@@ -78,7 +105,10 @@ def window_features(trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int)
         grid.join(agg, on="window_start", how="left")
         .with_columns(
             pl.col("trade_count", "volume", "quote_volume", "buy_volume").fill_null(0),
-            pl.col("volatility").fill_null(0.0),
+            pl.col("volatility", "realized_variance").fill_null(0.0),
+            parkinson_variance=(
+                _square((pl.col("high") / pl.col("low")).log()) * _PARKINSON
+            ).fill_null(0.0),
         )
         .with_columns(
             avg_trade_size=pl.when(pl.col("trade_count") > 0).then(

@@ -5,7 +5,8 @@
 -- windows, scores: every results folder the engine wrote (DATA_DIR/results/<run>/), with the
 --                  folder name as `run` (e.g. BTCUSDT-20s).
 -- tw_windows(symbol, every_ms, start_ms, end_ms): the window table `engine windows` builds,
---                  computed independently in SQL (the test suite checks that both agree).
+--                  computed independently in SQL (the test suite checks that both agree),
+--                  realized_variance and parkinson_variance included.
 
 SET VARIABLE _tw_scores = (
     SELECT count(*) > 0 FROM glob(getvariable('data_dir') || '/results/*/scores.parquet')
@@ -54,13 +55,19 @@ ELSE
 END);
 
 CREATE OR REPLACE MACRO tw_windows(sym, every_ms, start_ms, end_ms) AS TABLE
-WITH t AS (
+WITH t0 AS (
     SELECT trade_id, price, qty, is_buyer_maker, epoch_ms(trade_time) AS ms
     FROM trades
     -- Complete windows: from the one holding start_ms to the one holding end_ms - 1.
     WHERE symbol = upper(sym)
       AND epoch_ms(trade_time) >= (start_ms // every_ms) * every_ms
       AND epoch_ms(trade_time) < ((end_ms + every_ms - 1) // every_ms) * every_ms
+),
+t AS (
+    -- Tick log return from the previous trade of the same window (none for its first trade:
+    -- windows stay independent of each other, as in engine/windows.py).
+    SELECT *, ln(price / lag(price) OVER (PARTITION BY ms // every_ms ORDER BY trade_id)) AS lr
+    FROM t0
 ),
 g AS (
     SELECT
@@ -73,6 +80,7 @@ g AS (
         min(price) AS low,
         arg_max(price, trade_id) AS close,
         coalesce(stddev_samp(price), 0) AS volatility,
+        coalesce(sum(lr * lr), 0) AS realized_variance,
         coalesce(sum(qty) FILTER (WHERE NOT is_buyer_maker), 0) AS buy_volume
     FROM t
     GROUP BY 1
@@ -89,6 +97,8 @@ SELECT
     g.open, g.high, g.low, g.close,
     g.close / g.open - 1 AS "return",
     coalesce(g.volatility, 0) AS volatility,
+    coalesce(g.realized_variance, 0) AS realized_variance,
+    coalesce(ln(g.high / g.low) * ln(g.high / g.low) * (1 / (4 * ln(2))), 0) AS parkinson_variance,
     CASE WHEN g.volume > 0 THEN g.quote_volume / g.volume END AS vwap,
     coalesce(g.buy_volume, 0) AS buy_volume
 FROM grid LEFT JOIN g USING (ws)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import statistics
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +19,7 @@ from synth import tape, write_store
 
 from engine.scan import open_store
 from engine.sqlviews import connect
-from engine.windows import build_windows
+from engine.windows import build_windows, window_features
 from recorder import layout
 
 DAY = 86_400_000
@@ -57,6 +59,11 @@ def test_windows_equal_hand_computed_values(capture_store, frames_2024):
         assert row["avg_trade_size"] == pytest.approx(float(vol) / len(trades), rel=1e-12)
         assert row["return"] == pytest.approx(prices[-1] / prices[0] - 1, abs=1e-15)
         assert row["volatility"] == pytest.approx(statistics.stdev(prices), rel=1e-9)
+        # Within the window only: the change from the previous window's last trade is not in it.
+        rv = sum(math.log(b / a) ** 2 for a, b in itertools.pairwise(prices))
+        assert row["realized_variance"] == pytest.approx(rv, rel=1e-12, abs=0)
+        pk = math.log(max(prices) / min(prices)) ** 2 / (4 * math.log(2))
+        assert row["parkinson_variance"] == pytest.approx(pk, rel=1e-12, abs=0)
         buys = sum(Decimal(d["q"]) for d in trades if not d["m"])
         assert row["buy_volume"] == pytest.approx(float(buys), rel=1e-12)
         assert row["gap"] is False
@@ -81,6 +88,9 @@ def test_empty_windows_are_present_and_gaps_flagged(tmp_path):
     empty = w.filter((starts >= T0 + 300_000) & (starts < T0 + 360_000))
     assert empty["trade_count"].to_list() == [0] * 6
     assert empty["volatility"].to_list() == [0.0] * 6 and empty["open"].null_count() == 6
+    assert (
+        empty["realized_variance"].to_list() == empty["parkinson_variance"].to_list() == [0.0] * 6
+    )
     ids = t.select("trade_id", pl.col("trade_time").dt.epoch("ms").alias("ms"))
     before = ids.filter(pl.col("trade_id") == 99)["ms"][0]
     after = ids.filter(pl.col("trade_id") == 120)["ms"][0]
@@ -131,9 +141,18 @@ def test_polars_and_duckdb_windows_agree(two_day_store, every):
         .pl()
     )
     assert w.height == d.height and w.height > 0
+    assert_same_windows(w, d)
+
+
+def assert_same_windows(w: pl.DataFrame, d: pl.DataFrame) -> None:
+    """The Polars build ``w`` equals the SQL build ``d``: exactly where no sum is involved."""
+    assert w.columns == [*d.columns, "gap"]
     assert w["window_start"].to_list() == d["window_start"].to_list()
-    exact = ["trade_count", "open", "high", "low", "close"]
+    exact = ["trade_count", "open", "high", "low", "close", "parkinson_variance"]
     assert w.select(exact).equals(d.select(exact).cast(w.select(exact).schema))  # type: ignore[arg-type]
+    # Sums of positive terms in another order: equal to the last few bits.
+    a, b = w["realized_variance"].to_numpy(), d["realized_variance"].to_numpy()
+    assert (abs(a - b) <= 1e-12 * b).all()
     for c in [
         "volume",
         "quote_volume",
@@ -177,6 +196,57 @@ def test_windows_preserve_trade_count_and_volume(tmp_path_factory, seconds, ever
     assert w["trade_count"].sum() == t.height
     assert w["volume"].sum() == pytest.approx(t["qty"].sum(), rel=1e-9)
     assert (w["window_start"].dt.epoch("ms") % (every_s * 1000) == 0).all()
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seconds=st.integers(1, 3000), every_s=st.integers(1, 600), seed=st.integers(0, 99))
+def test_polars_and_duckdb_agree_on_any_tape(tmp_path_factory, seconds, every_s, seed):
+    root = tmp_path_factory.mktemp("propsql")
+    start = T0 + DAY - 1_800_000 + 777
+    t = tape(start, seconds, 3, seed)
+    if t.is_empty():
+        return
+    write_store(root, "SIMUSDT", t)
+    e, end = every_s * 1000, start + seconds * 1000
+    w = build_windows(open_store(root, "SIMUSDT"), [e], start, end)[e]
+    d = connect(root).sql(f"SELECT * FROM tw_windows('simusdt', {e}, {start}, {end})").pl()
+    assert_same_windows(w, d)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seconds=st.integers(1, 2000),
+    every_s=st.integers(1, 300),
+    seed=st.integers(0, 99),
+    power=st.integers(-4, 4),
+)
+def test_log_volatilities_do_not_depend_on_the_price_level(seconds, every_s, seed, power):
+    t = tape(T0, seconds, 3, seed)
+    e = every_s * 1000
+    hi = T0 + -(-seconds * 1000 // e) * e
+    w = window_features(t, e, T0, hi)
+    # Prices times a power of 2: every ratio (and so every log return) is exactly the same.
+    s = window_features(t.with_columns(pl.col("price") * 2.0**power), e, T0, hi)
+    for c in ("realized_variance", "parkinson_variance"):
+        assert w[c].to_list() == s[c].to_list(), c
+    assert s["volatility"].to_numpy() == pytest.approx(w["volatility"].to_numpy() * 2.0**power)
+    assert (w["realized_variance"] >= 0).all() and (w["parkinson_variance"] >= 0).all()
+    few = w.filter(pl.col("trade_count") < 2)
+    assert (few["realized_variance"] == 0).all() and (few["parkinson_variance"] == 0).all()
+    flat = w.filter(pl.col("high") == pl.col("low"))
+    assert (flat["realized_variance"] == 0).all() and (flat["parkinson_variance"] == 0).all()
+    # One window at a time, as `engine watch` closes them: the same rows (windows are
+    # independent: no return reaches back into the previous window). Sums may differ in the
+    # last bits (Polars sums a one-window frame in another order).
+    exact = ["trade_count", "open", "high", "low", "close", "return", "parkinson_variance"]
+    for start in range(T0, hi, e)[:12]:
+        one = window_features(t, e, start, start + e)
+        batch = w.filter(pl.col("window_start") == one["window_start"][0])
+        assert one.select(exact).equals(batch.select(exact))
+        for c in ("realized_variance", "volatility", "volume", "buy_volume"):
+            assert one[c].to_numpy() == pytest.approx(batch[c].to_numpy(), rel=1e-12, abs=0), c
 
 
 def test_open_hour_ndjson_is_read_and_deduplicated(tmp_path, frames_2024):

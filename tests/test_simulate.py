@@ -1,5 +1,5 @@
 """The simulator: deterministic, on the tick and lot grids, BTCUSDT-like, with its truth;
-detection scoring against that truth."""
+detection scoring against that truth, with and without precursors of known lead."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 
 from engine.detection import evaluate
 from engine.scan import open_store
-from engine.simulate import simulate, truth_path, write_simulation
+from engine.simulate import PRECURSOR_LEAD_S, START_MS, simulate, truth_path, write_simulation
 from engine.windows import build_windows
 
 
-def tape(days: float, seed: int) -> tuple[pl.DataFrame, dict]:
-    gen = simulate(days, seed)
+def tape(days: float, seed: int, scenario: str = "calibration") -> tuple[pl.DataFrame, dict]:
+    gen = simulate(days, seed, scenario=scenario)
     parts = []
     while True:
         try:
@@ -89,17 +89,77 @@ def test_detection_scores_by_hand():
     }
     r = evaluate(scored, truth, tolerance_ms=120_000)
     assert (r["episodes"], r["events"]) == (3, 3)
-    assert r["precision"] == pytest.approx(2 / 3)
-    assert r["recall"] == pytest.approx(2 / 3)
-    # Chance: the scored span is 3980 s; each event's +-120 s covers 240 s (no overlap).
-    span = 199 * 20_000
-    assert r["precision_chance"] == pytest.approx(3 * 240_000 / span)
-    assert r["recall_chance"] == pytest.approx(1 - (1 - 240_000 / span) ** 3)
+    # Alarms at the first window's end plus 2 s: 622 s, 2422 s, 3422 s. Only the first comes
+    # before an event (the shift at 640 s); the burst at 2300 s was flagged 122 s after it.
+    assert r["precision"] == pytest.approx(1 / 3)
+    assert r["recall"] == pytest.approx(1 / 3)
+    assert (r["median_lead_s"], r["late"]) == (18.0, 0)
+    # Chance: the flags rotated by 1000 s .. 3000 s (a quarter of the 4000 s span), 101 ways.
+    assert (r["shifts"], r["min_shift_s"]) == (101, 1000.0)
+    assert r["precision_chance"] == r["recall_chance"] == pytest.approx(12 / 101)
+    assert r["p_recall"] == pytest.approx(35 / 102)
     assert r["by_kind"]["regime_shift"] == {
         "events": 1,
         "found": 1,
         "recall": 1.0,
-        "median_lead_s": 40.0,
+        "recall_chance": pytest.approx(12 / 101),
+        "p_recall": pytest.approx(13 / 102),
+        "median_lead_s": 18.0,
+        "late": 0,
     }
-    assert r["by_kind"]["activity_burst"]["median_lead_s"] == -100.0
+    assert r["by_kind"]["activity_burst"]["found"] == 0
     assert r["by_kind"]["price_jump"]["found"] == 0
+
+
+def scored_tape(days: float, seed: int, scenario: str) -> tuple[pl.DataFrame, dict]:
+    """The simulated tape's 20 s windows, scored walk-forward with the default model."""
+    from engine.model import ModelParams, walk_forward
+    from engine.windows import window_features
+
+    t, truth = tape(days, seed, scenario)
+    lo = START_MS // 20_000 * 20_000
+    w = window_features(t, 20_000, lo, lo + int(days * 86_400_000))
+    return walk_forward(w, ModelParams(), 2), truth
+
+
+def test_detector_lead_on_the_precursor_scenario_is_the_planted_lead():
+    scored, truth = scored_tape(1, 7, "precursor")
+    assert truth["scenario"] == "precursor" and truth["precursor_lead_s"] == PRECURSOR_LEAD_S
+    bursts = [e for e in truth["events"] if e["kind"] == "volatility_burst"]
+    assert len(bursts) == 12
+    assert all(e["time_ms"] - e["precursor"]["start_ms"] == 120_000 for e in bursts)
+    r = evaluate(scored, truth)
+    k = r["by_kind"]["volatility_burst"]
+    # The alarm comes at the end of the first flagged window of the precursor plus 2 s grace:
+    # the lead is 118 s less up to two 20 s windows.
+    assert 118 - 2 * 20 <= k["median_lead_s"] <= 118
+    assert k["recall"] >= 0.7 and k["recall"] > 2 * k["recall_chance"]
+    assert k["p_recall"] < 0.01
+    # Bursts that announce nothing are not anticipated beyond chance.
+    assert r["by_kind"]["activity_burst"]["p_recall"] > 0.05
+
+
+def test_detector_anticipates_nothing_on_the_calibration_scenario():
+    scored, truth = scored_tape(1, 7, "calibration")
+    assert truth["scenario"] == "calibration"
+    r = evaluate(scored, truth)
+    assert r["recall"] == pytest.approx(r["recall_chance"], abs=0.15)
+    assert min(r["p_recall"], r["p_precision"], r["p_lead"]) > 0.05
+
+
+def test_simulate_command_writes_the_precursor_scenario(tmp_path):
+    from click.testing import CliRunner
+
+    from engine.cli import main
+
+    args = ["simulate", "--data-dir", str(tmp_path), "--symbol", "preusdt", "--days", "0.2"]
+    r = CliRunner().invoke(main, [*args, "--scenario", "precursor", "--lead", "90"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("simulated PREUSDT: ")
+    assert "2 volatility_bursts, " in r.stdout and ", precursors 90 s ahead (" in r.stdout
+    truth = orjson.loads(truth_path(tmp_path, "PREUSDT").read_bytes())
+    assert (truth["scenario"], truth["precursor_lead_s"]) == ("precursor", 90)
+    bad = CliRunner().invoke(main, [*args, "--scenario", "precursor", "--lead", "5"])
+    assert (bad.exit_code, bad.stdout) == (1, "")
+    assert bad.stderr == "Error: --lead must be between 20 and 1800 seconds\n"
+    assert CliRunner().invoke(main, [*args, "--scenario", "nope"]).exit_code == 2
