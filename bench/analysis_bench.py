@@ -28,14 +28,25 @@ T0 = 1_735_689_600_000
 
 
 def horizons(n: int, reps: int) -> None:
-    from engine.horizons import compare, forward_moves, group_windows, horizons_for
+    from engine.horizons import (
+        adjustment_covariates,
+        compare,
+        forward_moves,
+        group_windows,
+        horizons_for,
+    )
 
     rng = np.random.default_rng(0)
     vol = rng.gamma(2.0, 2.0, n)
     ret = rng.normal(0, 1e-4, n) * vol
     w = pl.DataFrame(
         {
-            "window_start": np.arange(n, dtype=np.int64),
+            "window_start": pl.datetime_range(
+                pl.datetime(2025, 1, 1, time_zone="UTC"),
+                pl.datetime(2025, 1, 1, time_zone="UTC") + pl.duration(seconds=20 * (n - 1)),
+                "20s",
+                eager=True,
+            ),
             "trade_count": np.full(n, 900),
             "gap": np.zeros(n, dtype=bool),
             "return": ret,
@@ -50,7 +61,7 @@ def horizons(n: int, reps: int) -> None:
     t = time.perf_counter()
     moves = forward_moves(w, hs)
     groups = group_windows(w, "trailing", 500)
-    rows = compare(moves, groups, w["volatility"], hs, reps=reps)
+    rows = compare(moves, groups, adjustment_covariates(w), hs, reps=reps)
     print(
         f"horizons: {n:,} windows x 4 horizons x 2 metrics, {reps} bootstrap reps: "
         f"{time.perf_counter() - t:.1f} s ({len(rows)} rows)"

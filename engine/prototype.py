@@ -4,7 +4,14 @@
     2024-08-08 23:54:00,108,0.61531,0.0056973,-0.00012,4.32,0.031,1
 
 The prototype skipped empty windows, so rows are irregular in time; a horizon ``H`` means the
-next ``H / every`` rows, as it computed them. Rows with an empty ``prediction`` were not scored.
+next ``H / every`` rows, as it computed them (the prototype closed its windows live, so its
+last row is a complete window). Rows with an empty ``score`` and ``prediction`` were not
+scored.
+
+A file that would silently change the numbers is refused, naming its first bad line (the
+header is line 1): timestamps that are not times, not increasing or repeated; features
+that are empty, not numbers, NaN or infinite; a trade count that is not a whole number of
+at least 1; a score that is not finite; a prediction other than -1 (flagged) and 1.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from engine.errors import DataError
@@ -29,10 +37,14 @@ PROTOTYPE_COLUMNS = (
     "score",
     "prediction",
 )
+_FEATURES = ("trade_count", "volume", "avg_trade_size", "return", "volatility")
+_HEADER_LINES = 1
 
 
 def read_prototype_csv(path: Path) -> pl.DataFrame:
-    """The prototype's CSV, typed; DataError naming the file for anything unusable."""
+    """The prototype's CSV, typed: ``timestamp`` as written, and ``window_start`` the same
+    time parsed (UTC; a time without a zone is taken as UTC). DataError naming the file, and
+    the line for a bad row."""
     try:
         df = pl.read_csv(path, infer_schema_length=0)
     except FileNotFoundError:
@@ -45,21 +57,75 @@ def read_prototype_csv(path: Path) -> pl.DataFrame:
             f"{path} lacks the prototype's columns {', '.join(missing)}; "
             f"expected {','.join(PROTOTYPE_COLUMNS)}"
         )
+    raw = df.select(pl.col(c).str.strip_chars() for c in PROTOTYPE_COLUMNS)
     try:
-        return df.select(
-            pl.col("timestamp"),
-            pl.col("trade_count").cast(pl.Int64),
-            *(
-                pl.col(c).cast(pl.Float64)
-                for c in ("volume", "avg_trade_size", "return", "volatility")
-            ),
-            pl.col("score").replace("", None).cast(pl.Float64),
-            pl.col("prediction").replace("", None).cast(pl.Float64).cast(pl.Int8),
+        ts = raw["timestamp"].str.to_datetime(strict=False, time_unit="us")
+    except Exception:  # no format fits even the first timestamp
+        ts = pl.Series("timestamp", [None] * raw.height, dtype=pl.Datetime("us"))
+    num = {
+        c: raw[c].replace("", None).cast(pl.Float64, strict=False) for c in PROTOTYPE_COLUMNS[1:]
+    }
+    problems: list[tuple[int, str]] = []  # (row, what): the first row's, in check order
+
+    def first(bad: np.ndarray, what) -> None:
+        idx = np.flatnonzero(bad)
+        if len(idx):
+            problems.append((int(idx[0]), what(int(idx[0]))))
+
+    given = raw.select(pl.all().is_not_null() & (pl.all() != ""))
+    first(~given["timestamp"].to_numpy(), lambda i: "timestamp is empty")
+    first(
+        (given["timestamp"] & ts.is_null()).to_numpy(),
+        lambda i: f"timestamp {raw['timestamp'][i]!r} is not a time",
+    )
+    t = ts.dt.epoch("us").to_numpy()
+    with np.errstate(invalid="ignore"):
+        step = np.diff(t.astype(float))
+    first(
+        np.concatenate([[False], step == 0]),
+        lambda i: f"timestamp {raw['timestamp'][i]} repeats line {i - 1 + _HEADER_LINES + 1}",
+    )
+    first(
+        np.concatenate([[False], step < 0]),
+        lambda i: (
+            f"timestamp {raw['timestamp'][i]} is before line {i + _HEADER_LINES}'s "
+            f"{raw['timestamp'][i - 1]}; rows must be in time order"
+        ),
+    )
+    for c in PROTOTYPE_COLUMNS[1:]:
+        v, g = num[c].to_numpy(), given[c].to_numpy()
+        first(g & num[c].is_null().to_numpy(), lambda i, c=c: f"{c} {raw[c][i]!r} is not a number")
+        with np.errstate(invalid="ignore"):
+            first(g & ~np.isfinite(v), lambda i, c=c: f"{c} is {raw[c][i]}; it must be finite")
+        if c in _FEATURES:
+            first(~g, lambda i, c=c: f"{c} is empty")
+    tc = num["trade_count"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        first(
+            np.isfinite(tc) & ((tc != np.round(tc)) | (tc < 1)),
+            lambda i: f"trade_count {raw['trade_count'][i]} is not a whole number of trades (>= 1)",
         )
-    except Exception as e:
-        raise DataError(
-            f"{path} has a value that is not a number ({str(e).splitlines()[0][:100]})"
-        ) from None
+        pred = num["prediction"].to_numpy()
+        first(
+            np.isfinite(pred) & (pred != -1) & (pred != 1),
+            lambda i: f"prediction {raw['prediction'][i]} is neither -1 (flagged) nor 1",
+        )
+    if problems:
+        row, what = min(problems, key=lambda p: p[0])  # stable: the first check wins a tie
+        raise DataError(f"{path} line {row + _HEADER_LINES + 1}: {what}")
+    return pl.DataFrame(
+        {
+            "timestamp": raw["timestamp"],
+            "window_start": (
+                ts.dt.replace_time_zone("UTC")
+                if getattr(ts.dtype, "time_zone", None) is None
+                else ts.dt.convert_time_zone("UTC")
+            ),
+            "trade_count": num["trade_count"].cast(pl.Int64),
+            **{c: num[c] for c in ("volume", "avg_trade_size", "return", "volatility", "score")},
+            "prediction": num["prediction"].cast(pl.Int8),
+        }
+    )
 
 
 def prototype_moves(rows: pl.DataFrame, horizons: Sequence[Horizon]) -> pl.DataFrame:

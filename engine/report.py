@@ -1,5 +1,5 @@
 """One self-contained HTML file per results folder: parameters, coverage and gaps, the flag
-rate and where it falls, the comparison table with intervals and the volatility-matched ratio,
+rate and where it falls, the comparison table with intervals and the adjusted ratio,
 the plots (embedded), and against simulated data, the detection scores. No network needed."""
 
 from __future__ import annotations
@@ -104,9 +104,15 @@ def write_report(results: Path, out: Path | None = None) -> Path:
             '<p class="warn">Volatility baseline over the full sample: look-ahead, kept only to reproduce the prototype.</p>'
         )
     parts.append(
-        f"<p class='note'>{report['comparisons']} comparisons; p_bh is Benjamini-Hochberg over the table. "
-        "ci_low..ci_high: 95 % circular block bootstrap for ratio_mean. ratio_vol_matched compares "
-        "within deciles of the window's own volatility: near 1 means the flag adds nothing beyond current volatility.</p>"
+        f"<p class='note'>{report['comparisons']} comparisons. p_naive is a Mann-Whitney p-value that "
+        "takes the windows as independent samples; overlapping horizons and clustered volatility make "
+        "it overstate confidence, so it is shown, not trusted (p_naive_bh: Benjamini-Hochberg over the table). "
+        "ci_low..ci_high: 95 % circular block bootstrap for ratio_mean, blocks of `block` windows "
+        "(Politis-White, at least twice the horizon). ratio_adjusted compares if_only windows with normal "
+        "windows alike in trailing volatility and activity (5 min, 30 min, 6 h), their own volatility and "
+        "trade count, and time of day (propensity quintiles, odds-weighted); overlap is the share of the "
+        "group it covers. Near 1 means the flag adds nothing beyond those. vol_only and both have none: "
+        "they are defined by the window's own volatility. Highlighted: adj_ci_low above 1.</p>"
     )
     cols = [
         "horizon",
@@ -119,32 +125,49 @@ def write_report(results: Path, out: Path | None = None) -> Path:
         "ci_low",
         "ci_high",
         "ratio_median",
-        "p_mannwhitney",
-        "p_bh",
-        "ratio_vol_matched",
-        "vm_ci_low",
-        "vm_ci_high",
+        "block",
+        "p_naive",
+        "p_naive_bh",
+        "ratio_adjusted",
+        "adj_ci_low",
+        "adj_ci_high",
+        "overlap",
     ]
     parts.append(
         _table(
             report["rows"],
             cols,
             {"horizon", "metric", "group"},
-            cls=lambda r: "sig" if (r.get("p_bh") or 1) < 0.05 else "",
+            cls=lambda r: "sig" if (r.get("adj_ci_low") or 0) > 1 else "",
         )
     )
     if sim is not None:
         parts.append("<h2>Detection against the simulation's ground truth</h2>")
         parts.append(
-            f"<p>Tolerance {sim['tolerance_s']:.0f} s: precision {_fmt(sim.get('precision'))} "
-            f"(chance {_fmt(sim.get('precision_chance'))}), "
-            f"recall {_fmt(sim.get('recall'))} (chance {_fmt(sim.get('recall_chance'))}), "
-            f"median lead {_fmt(sim.get('median_lead_s'))} s "
-            f"(positive: flagged before the event), {sim['episodes']} detection episodes, {sim['events']} events.</p>"
+            f"<p>Anticipation: an alarm (a detection episode's first window end plus {_fmt(sim.get('grace_s'))} s) "
+            f"at most {sim['tolerance_s']:.0f} s before the event. Precision {_fmt(sim.get('precision'))} "
+            f"(chance {_fmt(sim.get('precision_chance'))}, p {_fmt(sim.get('p_precision'))}), "
+            f"recall {_fmt(sim.get('recall'))} (chance {_fmt(sim.get('recall_chance'))}, p {_fmt(sim.get('p_recall'))}), "
+            f"median lead {_fmt(sim.get('median_lead_s'))} s (chance {_fmt(sim.get('median_lead_chance_s'))} s, p {_fmt(sim.get('p_lead'))}); "
+            f"{sim['episodes']} detection episodes, {sim['events']} events, {sim.get('late', 0)} flagged only after they happened. "
+            f"Chance and p: the flags rotated against the events {sim.get('shifts', 0)} times.</p>"
         )
         kinds = [{"kind": k, **v} for k, v in sim.get("by_kind", {}).items()]
         parts.append(
-            _table(kinds, ["kind", "events", "found", "recall", "median_lead_s"], {"kind"})
+            _table(
+                kinds,
+                [
+                    "kind",
+                    "events",
+                    "found",
+                    "recall",
+                    "recall_chance",
+                    "p_recall",
+                    "median_lead_s",
+                    "late",
+                ],
+                {"kind"},
+            )
         )
     parts.append("<h2>Plots</h2>")
     for png in sorted((results / "plots").glob("*.png")):

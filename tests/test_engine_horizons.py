@@ -11,7 +11,16 @@ import pytest
 from scipy.stats import false_discovery_control, mannwhitneyu
 
 from engine.errors import DataError, InputError
-from engine.horizons import GROUPS, Horizon, compare, forward_moves, group_windows, horizons_for
+from engine.horizons import (
+    GROUPS,
+    Horizon,
+    block_length,
+    compare,
+    forward_moves,
+    group_windows,
+    horizons_for,
+    propensity_strata,
+)
 from engine.pipeline import prototype_report
 
 
@@ -67,47 +76,62 @@ def _random_case(n=3000, seed=0):
 def test_statistics_equal_direct_computation():
     y, g, vol = _random_case()
     h = [Horizon("1m", 60_000, 3)]
+    rng = np.random.default_rng(5)
+    cov = pl.DataFrame({"vol": np.log(vol), "other": rng.normal(size=len(vol))})
     rows = compare(
         pl.DataFrame({"abs_return_sum@1m": y, "abs_return@1m": y * 2}),
         pl.Series(g),
-        pl.Series(vol),
+        cov,
         h,
         reps=200,
     )
     assert len(rows) == 8
     normal = y[g == "normal"]
+    code = np.array([GROUPS.index(x) for x in g])
+    stratum, odds = propensity_strata(cov, code)
     for r in rows[:4]:
         v = y[g == r["group"]]
         assert r["n"] == len(v)
         assert r["mean"] == v.mean() and r["median"] == np.median(v)
         assert r["ratio_mean"] == pytest.approx(v.mean() / normal.mean(), rel=1e-12)
         assert r["ratio_median"] == np.median(v) / np.median(normal)
+        assert r["block"] == block_length(
+            np.column_stack([y, *(g == name for name in GROUPS[1:])]), 3
+        )
         if r["group"] == "normal":
-            assert r["p_mannwhitney"] is None
+            assert r["p_naive"] is None
         else:
-            assert r["p_mannwhitney"] == mannwhitneyu(v, normal, alternative="greater").pvalue
+            assert r["p_naive"] == mannwhitneyu(v, normal, alternative="greater").pvalue
             assert r["ci_low"] < r["ratio_mean"] < r["ci_high"]
-        # Volatility-matched: within deciles of vol, weighted by the group's counts.
-        dec = (np.argsort(np.argsort(vol, kind="stable"), kind="stable") * 10) // len(vol)
+        if r["group"] != "if_only":  # no adjusted figure for groups defined by volatility
+            assert (r["ratio_adjusted"], r["adj_ci_low"], r["adj_ci_high"]) == (None,) * 3
+            assert r["overlap"] is None
+            continue
+        # Adjusted: within propensity quintiles of the group, normal windows weighted by their
+        # odds, over strata whose normal weights are worth at least 20 windows.
         num = den = 0.0
-        for d in range(10):
-            a, b = y[(g == r["group"]) & (dec == d)], y[(g == "normal") & (dec == d)]
-            if len(a) and len(b):
-                num += len(a) * a.mean() / b.mean()
-                den += len(a)
-        if den == 0:  # no decile holds both the group and normal windows
-            assert r["ratio_vol_matched"] is None
-        else:
-            assert r["ratio_vol_matched"] == pytest.approx(num / den, rel=1e-12)
-    ps = [r["p_mannwhitney"] for r in rows if r["p_mannwhitney"] is not None]
-    assert [r["p_bh"] for r in rows if r["p_bh"] is not None] == list(
+        group_total = usable_total = 0
+        for s in range(5):
+            a = (g == "if_only") & (stratum == s)
+            b = (g == "normal") & (stratum == s)
+            w = odds[b]
+            group_total += a.sum()
+            if w.sum() ** 2 / (w**2).sum() >= 20:
+                usable_total += a.sum()
+                num += a.sum() * y[a].mean() / (np.sum(w * y[b]) / w.sum())
+                den += a.sum()
+        assert r["overlap"] == pytest.approx(usable_total / group_total, rel=1e-12)
+        assert r["ratio_adjusted"] == pytest.approx(num / den, rel=1e-9)
+        assert r["adj_ci_low"] < r["ratio_adjusted"] < r["adj_ci_high"]
+    ps = [r["p_naive"] for r in rows if r["p_naive"] is not None]
+    assert [r["p_naive_bh"] for r in rows if r["p_naive_bh"] is not None] == list(
         false_discovery_control(ps, method="bh")
     )
 
 
-def test_volatility_matched_ratio_removes_pure_volatility_clustering():
+def test_adjusted_ratio_removes_pure_volatility_clustering():
     """A detector that merely fires more in volatile regimes (and, within a regime, at
-    random): a big raw ratio and a tiny p-value, but a matched ratio near 1."""
+    random): a big raw ratio and a tiny naive p-value, but an adjusted ratio near 1."""
     rng = np.random.default_rng(1)
     n = 40000
     vol = rng.gamma(2.0, 1.0, n)
@@ -118,7 +142,7 @@ def test_volatility_matched_ratio_removes_pure_volatility_clustering():
     rows = compare(
         pl.DataFrame({"m@1m": y}),
         pl.Series(g),
-        pl.Series(vol),
+        pl.DataFrame({"volatility": np.log(vol)}),
         [Horizon("1m", 60_000, 3)],
         reps=200,
         metrics=("m",),
@@ -126,9 +150,10 @@ def test_volatility_matched_ratio_removes_pure_volatility_clustering():
     r = rows[GROUPS.index("if_only")]
     assert r["group"] == "if_only"
     assert r["ratio_mean"] > 2.0
-    assert r["p_mannwhitney"] < 1e-50
-    assert 0.9 < r["ratio_vol_matched"] < 1.1
-    assert r["vm_ci_low"] < 1.0 < r["vm_ci_high"]
+    assert r["p_naive"] < 1e-50
+    assert r["overlap"] == 1.0
+    assert 0.95 < r["ratio_adjusted"] < 1.05
+    assert r["adj_ci_low"] < 1.0 < r["adj_ci_high"]
 
 
 def test_trailing_baseline_uses_only_the_past():
@@ -223,7 +248,7 @@ def test_prototype_numbers_are_reproduced_exactly(tmp_path):
             want = ref[r["group"]]
             assert r["metric"] == "abs_return_sum"
             assert (r["n"], r["mean"], r["median"]) == (want["n"], want["mean"], want["median"])
-            assert (r["ratio_median"], r["p_mannwhitney"]) == (want["ratio_median"], want["p"])
+            assert (r["ratio_median"], r["p_naive"]) == (want["ratio_median"], want["p"])
             assert r["ratio_mean"] == pytest.approx(want["ratio_mean"], rel=1e-14)
     assert report["parameters"]["baseline_lookahead"] is True
 
