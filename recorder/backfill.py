@@ -10,6 +10,11 @@ One ``SymbolBackfill`` per symbol wraps that symbol's ``IdTracker``:
 A reply is trusted only as far as it fits: ids inside the requested range and strictly
 increasing, times inside the neighbours' times (a REST reply carrying another symbol's trades,
 or one far-off trade time, is quarantined instead of poisoning the tracker).
+
+Ids become a recorded gap only when REST answers without them ("not served by REST"). REST
+failing never does: Binance serves its trade history for years, so an outage, however long,
+only delays the fill. The ids stay missing (in ``state/SYMBOL.json``, ``recorder status``, the
+``rest_down`` metric) and are retried with capped back-off.
 """
 
 from __future__ import annotations
@@ -23,10 +28,18 @@ from typing import Any
 from recorder.frames import Frame, Kind, decode_rest_trade
 from recorder.tracker import IdTracker, Missing
 
-__all__ = ["Request", "SymbolBackfill", "Verdict", "Wait", "backoff_delays"]
+__all__ = [
+    "NOT_SERVED",
+    "REFUSED",
+    "Request",
+    "SymbolBackfill",
+    "Verdict",
+    "Wait",
+    "backoff_delays",
+]
 
 NOT_SERVED = "not served by REST"
-UNAVAILABLE = "REST unavailable"
+REFUSED = "served by REST with a time outside its neighbours' (quarantined)"
 
 
 def backoff_delays(initial: float, cap: float, rng: random.Random) -> Iterator[float]:
@@ -76,19 +89,21 @@ class Wait:
 @dataclass(frozen=True)
 class Verdict:
     """What a reply means: ``store`` these trades (in id order), quarantine ``rejects``
-    (raw item as bytes, reason), record ``gaps`` as unfetchable for ``gap_reason``.
-    ``usable`` is False when a non-empty reply held nothing we could trust: a failure."""
+    (raw item as bytes, reason), record ``gaps`` as not served by REST and ``refused`` as
+    served but quarantined. ``usable`` is False when a non-empty reply held nothing we could
+    trust: a failure."""
 
     store: list[Frame] = field(default_factory=list)
     rejects: list[tuple[bytes, str]] = field(default_factory=list)
     gaps: list[Missing] = field(default_factory=list)
-    gap_reason: str = NOT_SERVED
+    refused: list[Missing] = field(default_factory=list)
     usable: bool = True
 
 
 class SymbolBackfill:
     """Backfill state of one symbol: its tracker, whether a catch-up past the highest stored
-    id is due (after every start and reconnect), and the failure back-off."""
+    id is due (after every start and reconnect), and the failure back-off (``delays``: a
+    fresh generator after every usable reply)."""
 
     def __init__(
         self,
@@ -96,19 +111,16 @@ class SymbolBackfill:
         tracker: IdTracker,
         *,
         limit: int,
-        give_up_after: float,
         max_skew_ms: int,
         delays: Callable[[], Iterator[float]],
     ):
         self.symbol = symbol
         self.tracker = tracker
         self.limit = limit
-        self.give_up_after = give_up_after
         self.max_skew_ms = max_skew_ms
         self._new_delays = delays
         self._delays: Iterator[float] | None = None
         self.catchup = False
-        self.failing_since: float | None = None
         self.retry_at = 0.0
 
     def request_catchup(self) -> None:
@@ -126,7 +138,9 @@ class SymbolBackfill:
             return Wait(self.retry_at - now)
         ceiling = now_ms + self.max_skew_ms
         if gap is not None:
-            return Request(self.symbol, gap.first, self.limit, gap, gap.after_time, ceiling)
+            # A bracket inverted by an older version's poisoned state bounds nothing.
+            lo = gap.after_time if gap.after_time <= gap.before_time else 0
+            return Request(self.symbol, gap.first, self.limit, gap, lo, ceiling)
         assert t.high is not None
         return Request(self.symbol, t.high + 1, self.limit, None, t.high_time, ceiling)
 
@@ -140,13 +154,16 @@ class SymbolBackfill:
         store: list[Frame] = []
         rejects: list[tuple[bytes, str]] = []
         top = req.top_id
+        served: int | None = None  # the first id REST answered with, trusted or not
         for item in items:
             f = decode_rest_trade(item, req.symbol, recv_us)
             why = f.reason if f.kind is not Kind.TRADE else ""
             if not why and not req.from_id <= f.trade_id <= top:
                 why = f"REST trade id {f.trade_id} outside the requested {req.from_id}..{top}"
-            elif not why and not req.lo_time <= f.trade_time <= req.hi_time(f.trade_id):
-                why = f"REST trade time {f.trade_time} outside its neighbours' times"
+            elif not why:
+                served = f.trade_id if served is None else served
+                if not req.lo_time <= f.trade_time <= req.hi_time(f.trade_id):
+                    why = f"REST trade time {f.trade_time} outside its neighbours' times"
             if why:
                 rejects.append((_raw(item), why))
             else:
@@ -157,33 +174,29 @@ class SymbolBackfill:
             return Verdict(rejects=[*rejects, (_raw(items), why)], usable=False)
         if items and not store:
             return Verdict(rejects=rejects, usable=False)
-        self.failing_since, self._delays, self.retry_at = None, None, 0.0
+        self._delays, self.retry_at = None, 0.0
         gaps: list[Missing] = []
+        refused: list[Missing] = []
         if req.gap is not None:
-            first = store[0].trade_id if store else None
-            if first is None or first > req.gap.first:
-                last = req.gap.last if first is None else min(req.gap.last, first - 1)
-                gaps = self.tracker.give_up(req.gap.first, last)
+            g = req.gap
+            first = store[0].trade_id if store else g.last + 1
+            if first > g.first:
+                # Below the first id REST answered with: not served. From there to the first
+                # trade we stored: served, but refused (asking again would get them again).
+                cut = min(first, g.last + 1) if served is None else min(served, first)
+                gaps = self.tracker.give_up(g.first, cut - 1) if cut > g.first else []
+                last = min(g.last, first - 1)
+                refused = self.tracker.give_up(cut, last) if cut <= last else []
         elif len(items) < req.limit:
             self.catchup = False
-        return Verdict(store, rejects, gaps)
+        return Verdict(store, rejects, gaps, refused)
 
-    def failed(self, req: Request, now: float) -> list[Missing]:
-        """A request failed at ``now`` (monotonic s). Either schedules a retry (returns []) or,
-        once REST has failed for ``give_up_after`` seconds, gives up: the missing ids become
-        gaps (returned) and a catch-up is dropped."""
-        if self.failing_since is None:
-            self.failing_since = now
+    def failed(self, now: float) -> None:
+        """A request failed at ``now`` (monotonic s): retry after the next back-off delay.
+        The missing ids stay missing however long REST fails."""
+        if self._delays is None:
             self._delays = self._new_delays()
-        if now - self.failing_since >= self.give_up_after:
-            self.failing_since, self._delays, self.retry_at = None, None, 0.0
-            self.catchup = False
-            if req.gap is None:
-                return []
-            return self.tracker.give_up(req.gap.first, self.tracker.missing[-1].last)
-        assert self._delays is not None
         self.retry_at = now + next(self._delays)
-        return []
 
 
 def _raw(item: Any) -> bytes:

@@ -103,13 +103,6 @@ SETTINGS: tuple[Setting, ...] = (
         f"REST request weight budget per minute (Binance allows 6000; one request weighs "
         f"{HISTORICAL_TRADES_WEIGHT}).",
     ),
-    Setting(
-        "rest_give_up",
-        300.0,
-        0.1,
-        7 * _DAY,
-        "Seconds of failing REST before missing ids are recorded as a gap.",
-    ),
     Setting("rest_timeout", 10.0, 0.1, 300.0, "Seconds one REST request may take, in all."),
     Setting("queue_max", 50_000, 1, 10_000_000, "Trades buffered between socket and disk."),
     Setting(
@@ -124,8 +117,8 @@ SETTINGS: tuple[Setting, ...] = (
         _DAY,
         1.0,
         100 * 365 * _DAY,
-        "Seconds a trade's time may lie from its receive time (or, from REST, outside its "
-        "neighbours' times) before it is quarantined.",
+        "Seconds a trade's time may lie from its receive time before it is quarantined "
+        "(REST items must also lie between their neighbours' times).",
     ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -157,7 +150,6 @@ class RecorderConfig:
     open_timeout: float = _BY_NAME["open_timeout"].default
     rest_limit: int = int(_BY_NAME["rest_limit"].default)
     rest_weight_per_minute: int = int(_BY_NAME["rest_weight_per_minute"].default)
-    rest_give_up: float = _BY_NAME["rest_give_up"].default
     rest_timeout: float = _BY_NAME["rest_timeout"].default
     queue_max: int = int(_BY_NAME["queue_max"].default)
     status_interval: float = _BY_NAME["status_interval"].default

@@ -11,6 +11,7 @@ duplicates by trade id) until the new one provably covers the old one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -39,6 +40,7 @@ class Conn:
     last_id: dict[str, int] = field(default_factory=dict)
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    dead: bool = False  # closed by us for want of a pong
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def note(self, symbol: str, tid: int) -> None:
@@ -67,7 +69,8 @@ class Connections:
         self.open: list[Conn] = []
         self.count = 0
         self.last_activity = time.monotonic()
-        self.delays_used: list[float] = []  # every reconnect delay slept, for diagnosis
+        # The latest reconnect delays slept, for diagnosis.
+        self.delays_used: collections.deque[float] = collections.deque(maxlen=1000)
 
     async def open_first(self) -> Conn:
         """The first connection, with no retry: failing here is a configuration problem."""
@@ -89,6 +92,7 @@ class Connections:
                 delays = None  # it was healthy: the next outage starts from a short delay
             if why == "closed":
                 self.stats["disconnects"] += 1
+                self.stats["reconnect_no_pong" if conn.dead else "reconnect_dropped"] += 1
                 log.warning("connection %d lost; reconnecting", conn.number)
                 await self._close(conn)
                 conn = None
@@ -193,6 +197,7 @@ class Connections:
                 await asyncio.wait_for(pong, self.cfg.ping_timeout)
             except TimeoutError:
                 self.stats["dead_connections"] += 1
+                conn.dead = True
                 log.warning(
                     "connection %d: no pong in %g s; dropping it",
                     conn.number,
@@ -215,5 +220,7 @@ class Connections:
                 await self._on_frame(conn, raw, time.time_ns() // 1000)
         except ConnectionClosed as e:
             log.info("connection %d closed: %s", conn.number, e)
+        except Exception:  # a bug, not a network fault: say so, then reconnect
+            log.exception("connection %d: reading failed", conn.number)
         finally:
             conn.closed.set()

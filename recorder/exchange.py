@@ -33,7 +33,6 @@ __all__ = [
     "fetch_trades",
     "open_stream",
     "rest_client",
-    "rest_ping",
     "retry_after_seconds",
 ]
 
@@ -147,11 +146,6 @@ async def fetch_trades(
     if type(reply) is not list:
         raise RestUnavailable(f"REST {url} did not send a list of trades", "invalid")
     return reply
-
-
-async def rest_ping(client: httpx.AsyncClient, rest_url: str, timeout: float) -> None:
-    """Check that the REST host answers (weight 1); RestUnavailable if not."""
-    await _get(client, f"{rest_url.rstrip('/')}/api/v3/ping", timeout)
 
 
 class NotPublished(RestUnavailable):

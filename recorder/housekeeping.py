@@ -89,21 +89,28 @@ class Housekeeping:
             },
         }
 
-    def _write_status(self, state: dict[str, Any]) -> None:
+    def _write_status(self, state: dict[str, Any], durable: bool = True) -> None:
         import orjson
 
-        atomic_write(self.rec.root / layout.STATE / "recorder.json", orjson.dumps(state))
+        path = self.rec.root / layout.STATE / "recorder.json"
+        if durable:
+            atomic_write(path, orjson.dumps(state))
+        else:  # advisory: renamed into place, not fsynced (a slow disk must not delay a stop)
+            tmp = path.with_name(f".{path.name}.final-{os.getpid()}")
+            tmp.write_bytes(orjson.dumps(state))
+            os.replace(tmp, path)
 
     def write_status_now(self) -> None:
         """The last status file, from the calling thread (the writer may be gone)."""
         try:
-            self._write_status(self._state())
+            self._write_status(self._state(), durable=False)
         except OSError as e:
             log.error("could not write the final status: %s", e)
 
     async def status_loop(self) -> None:
         while True:
             self.lock.check()
+            await self.rec.sink.call(self.rec.sink.writer.check_linked)
             await self.rec.sink.call(self._write_status, self._state())
             self.rec.notifier.status(self.status_text())
             await asyncio.sleep(self.rec.cfg.status_interval)

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from recorder import exchange, layout
-from recorder.backfill import UNAVAILABLE, Request, SymbolBackfill, Wait
+from recorder.backfill import NOT_SERVED, REFUSED, Request, SymbolBackfill, Wait
 from recorder.config import HISTORICAL_TRADES_WEIGHT, RecorderConfig
 from recorder.connections import Conn
 from recorder.errors import RestUnavailable
@@ -62,7 +62,6 @@ class Ingest:
                 s,
                 tracker,
                 limit=self.cfg.rest_limit,
-                give_up_after=self.cfg.rest_give_up,
                 max_skew_ms=self.skew_ms,
                 delays=self._delays,
             )
@@ -144,7 +143,7 @@ class Ingest:
                 self.stats["rest_rate_limited"] += 1
                 self._budget.pause(e.retry_after)
             else:
-                await self._gave_up(req.symbol, bf.failed(req, time.monotonic()), UNAVAILABLE)
+                bf.failed(time.monotonic())
             return
         recv_us = time.time_ns() // 1000
         verdict = bf.judge(req, items, recv_us)
@@ -152,17 +151,19 @@ class Ingest:
             await self._reject(raw, recv_us, why)
         if not verdict.usable:
             self._rest_failed(RestUnavailable(f"REST {req.symbol}: no usable trade", "invalid"))
-            await self._gave_up(req.symbol, bf.failed(req, time.monotonic()), UNAVAILABLE)
+            bf.failed(time.monotonic())
             return
         self.rest_status["200"] += 1
         self.stats["rest_requests"] += 1
         if self.rest_down_since is not None:
             log.warning("REST answers again")
             self.rest_down_since = None
-        await self._gave_up(req.symbol, verdict.gaps, verdict.gap_reason)
+        await self._gave_up(req.symbol, verdict.gaps, NOT_SERVED)
+        await self._gave_up(req.symbol, verdict.refused, REFUSED)
         for f in verdict.store:
-            self.stats["backfilled"] += 1
-            for item in self._ingest(f):
+            queued = self._ingest(f)
+            self.stats["backfilled"] += bool(queued)  # a duplicate was not backfilled
+            for item in queued:
                 await self.sink.put(item)
         await self.sink.put(self._state_item(req.symbol))
 

@@ -3,7 +3,8 @@
 Counters are read from the recorder's own counters at scrape time, so a scrape and
 ``state/recorder.json`` never disagree. Each recorder has its own registry.
 
-    tapewatch_recorder_trades_total            trades stored (stream and REST)
+    tapewatch_recorder_trades_total            trades accepted (stream and REST), queued
+    tapewatch_recorder_trades_written_total    trades appended to the store's files
     tapewatch_recorder_frames_total            WebSocket messages received
     tapewatch_recorder_rejects_total           frames and REST items quarantined
     tapewatch_recorder_duplicates_total        trades dropped as already stored
@@ -20,6 +21,7 @@ Counters are read from the recorder's own counters at scrape time, so a scrape a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -39,7 +41,7 @@ __all__ = ["RecorderMetrics", "parse_addr"]
 log = logging.getLogger("recorder")
 _P = "tapewatch_recorder_"
 _COUNTERS = {
-    "trades": "Trades stored (stream and REST).",
+    "trades": "Trades accepted for storage (stream and REST), queued for the writer.",
     "frames": "WebSocket messages received.",
     "rejects": "Frames and REST items quarantined.",
     "duplicates": "Trades dropped as already stored.",
@@ -64,18 +66,21 @@ class _Collector(Collector):
         rec, st = self.rec, self.rec.stats
         for key, text in _COUNTERS.items():
             yield CounterMetricFamily(_P + key, text, value=st[key])
+        yield CounterMetricFamily(
+            _P + "trades_written", "Trades appended to the store's files.", value=rec.sink.written
+        )
         causes = CounterMetricFamily(
             _P + "reconnects", "Connections replaced, by cause.", labels=["cause"]
         )
-        causes.add_metric(["dropped"], st["disconnects"] - st["dead_connections"])
-        causes.add_metric(["no_pong"], st["dead_connections"])
+        causes.add_metric(["dropped"], st["reconnect_dropped"])
+        causes.add_metric(["no_pong"], st["reconnect_no_pong"])
         causes.add_metric(["serverShutdown"], st["switch_serverShutdown"])
         causes.add_metric(["maximum_age"], st["switch_maximum age"])
         yield causes
         rest = CounterMetricFamily(
             _P + "rest_requests", "REST replies by status.", labels=["status"]
         )
-        for status, n in sorted(rec.ingest.rest_status.items()):
+        for status, n in sorted(dict(rec.ingest.rest_status).items()):
             rest.add_metric([status], n)
         yield rest
         lag = GaugeMetricFamily(
@@ -126,6 +131,7 @@ class RecorderMetrics:
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            # shutdown() waits up to its 0.5 s poll: done on the side, never on the stop path.
+            server, self._server = self._server, None
+            threading.Thread(target=server.shutdown, daemon=True).start()
+            server.server_close()

@@ -21,6 +21,8 @@ import socket
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
 
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
@@ -31,7 +33,7 @@ from recorder.errors import ConfigError, RecorderError
 from recorder.housekeeping import Housekeeping
 from recorder.ingest import Ingest
 from recorder.lock import StoreLock
-from recorder.metrics import RecorderMetrics
+from recorder.metrics import RecorderMetrics, parse_addr
 from recorder.sdnotify import Notifier
 from recorder.sink import DiskSink
 from recorder.store import init_store
@@ -42,7 +44,7 @@ __all__ = ["Recorder", "run"]
 
 log = logging.getLogger("recorder")
 # Seconds the shutdown path gives each step: closing sockets, then draining the queue to disk.
-_CLOSE_TIMEOUT, _DRAIN_TIMEOUT = 2.5, 1.5
+_CLOSE_TIMEOUT, _DRAIN_TIMEOUT = 2.0, 1.5
 
 
 class Recorder:
@@ -79,24 +81,19 @@ class Recorder:
 
     async def run(self) -> None:
         """Record until ``stop()``. RecorderError for a bad start (store, URLs, a stream that
-        cannot be opened) and for a fatal fault while running (disk, store removed)."""
+        cannot be opened) and for a fatal fault while running (disk, store removed). A stop
+        during the start (a stream that takes its --open-timeout to answer) returns at once."""
         rest_host = _check_url(self.cfg.rest_url, ("http", "https"), "--rest-url")
         _check_url(self.cfg.ws_url, ("ws", "wss"), "--ws-url")
+        if self.cfg.metrics_addr:
+            parse_addr(self.cfg.metrics_addr)
         await self.sink.call(init_store, self.root)
         with StoreLock(self.root) as lock:
             await self.sink.call(self.ingest.load)
-            try:
-                await self.conns.open_first()
-            except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
-                raise ConfigError(
-                    f"cannot open the stream at {self.cfg.ws_url} ({e or type(e).__name__}); "
-                    "check --ws-url and the network"
-                ) from None
-            try:
-                await _resolve(rest_host, "--rest-url")
-            except ConfigError:
+            if not await self._unless_stopped(self._open(rest_host)):
                 await self.conns.close_all()
-                raise
+                log.info("stopped while starting")
+                return
             house = Housekeeping(self, lock)
             if self.cfg.metrics_addr:
                 self.metrics.serve(self.cfg.metrics_addr)
@@ -121,6 +118,34 @@ class Recorder:
             if failed is not None:
                 raise _fatal(failed)
 
+    async def _open(self, rest_host: str) -> None:
+        """The first connection, then the REST host's name (REST itself may be down)."""
+        try:
+            await self.conns.open_first()
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
+            raise ConfigError(
+                f"cannot open the stream at {self.cfg.ws_url} ({e or type(e).__name__}); "
+                "check --ws-url and the network"
+            ) from None
+        await _resolve(rest_host, "--rest-url")
+
+    async def _unless_stopped(self, step: Coroutine[Any, Any, None]) -> bool:
+        """Run a start-up step; False (the step cancelled) if ``stop()`` came first."""
+        task = asyncio.create_task(step)
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled() or self._stop.is_set():
+            return False
+        if task.exception() is not None:
+            await self.conns.close_all()
+            raise task.exception()  # type: ignore[misc]
+        return True
+
     async def _shutdown(self, tasks: list[asyncio.Task], house: Housekeeping) -> None:
         self.notifier.stopping()
         writer, rest = tasks[0], tasks[1:]
@@ -131,8 +156,10 @@ class Recorder:
                 await asyncio.gather(*rest, self.conns.close_all(), return_exceptions=True)
                 await self.ingest.rest.aclose()
         if not await self.sink.close(_DRAIN_TIMEOUT):
+            why = "after a failed write" if self.sink.failed else "the disk too slow"
             log.error(
-                "stopped with %d items not written; backfill refetches them",
+                "stopped %s: %d queued items not written; a restart backfills them",
+                why,
                 self.sink.queue.qsize(),
             )
         writer.cancel()

@@ -134,8 +134,9 @@ class DiskSink:
             return await self._worker.call(fn, *args)
         except OSError as e:
             self.failed = True
+            where = f" ({e.filename})" if e.filename else ""
             raise DiskError(
-                f"writing to the store failed: {e.strerror or e} ({e.filename or 'store'}); "
+                f"writing to the store failed: {e.strerror or e}{where}; "
                 "free space or fix permissions, then restart: backfill fetches what was missed"
             ) from None
 
@@ -187,6 +188,9 @@ class DiskSink:
             if type(item) is RejectItem:
                 w.reject(item.line, item.when)
             elif type(item) is StateItem:
+                # The state says which ids are still missing: the trades queued before it
+                # (the fill) must be on disk before it says they no longer are.
+                w.sync()
                 w.write_state(item.symbol, item.state)
             elif type(item) is GapItem:
                 w.sync()

@@ -246,10 +246,38 @@ def read_gaps(root: Path, symbol: str | None = None) -> list[dict]:
 def read_missing(root: Path, symbol: str) -> list[Missing]:
     """Ids the recorder knew were missing and had not fetched yet when it last stopped."""
     path = root / layout.STATE / f"{symbol}.json"
+    return _missing_in(path, _state_of(path))
+
+
+def _state_of(path: Path) -> dict:
+    """The JSON object in a state file ({} if there is none); StoreError if it is damaged."""
     if not path.exists():
-        return []
-    state = orjson.loads(path.read_bytes())
-    return [Missing(*m) for m in state.get("missing", [])]
+        return {}
+    try:
+        state = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError:
+        state = None
+    if type(state) is not dict:
+        raise StoreError(
+            f"{path} is not a JSON object; move it aside and restart (the "
+            "recorder then catches up from its last stored trade)"
+        )
+    return state
+
+
+def _missing_in(path: Path, state: dict) -> list[Missing]:
+    """The state's ``missing`` ranges, each ``[first_id, last_id, after_ms, before_ms]``."""
+    ranges = state.get("missing", [])
+    ok = type(ranges) is list and all(
+        type(m) is list and len(m) == 4 and all(type(v) is int for v in m) and m[0] <= m[1]
+        for m in ranges
+    )
+    if not ok:
+        raise StoreError(
+            f"{path}: 'missing' is not a list of [first_id, last_id, after_ms, "
+            "before_ms] with first <= last; fix or move the file aside"
+        )
+    return [Missing(*m) for m in ranges]
 
 
 def add_missing(root: Path, symbol: str, ranges: list[Missing]) -> None:
@@ -259,8 +287,8 @@ def add_missing(root: Path, symbol: str, ranges: list[Missing]) -> None:
     if not ranges:
         return
     path = root / layout.STATE / f"{symbol}.json"
-    state = orjson.loads(path.read_bytes()) if path.exists() else {}
-    have = [Missing(*m) for m in state.get("missing", [])]
+    state = _state_of(path)
+    have = _missing_in(path, state)
     new: list[Missing] = []
     for r in ranges:  # only ids not listed yet: a listed id would be fetched (and stored) twice
         pieces = [r]

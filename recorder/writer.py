@@ -127,8 +127,15 @@ class StoreWriter:
             os.rename(active, d / layout.sealed_name(time.time_ns()))
             fsync_dir(d)
 
-    def open_hours(self) -> list[tuple[str, int]]:
-        return list(self._files)
+    def check_linked(self) -> None:
+        """StoreError if a file we append to was deleted (``rm -rf data/trades``): appends
+        would go to a file nobody can read."""
+        for f in [*self._files.values(), self._rejects]:
+            if f is not None and os.fstat(f.fileno()).st_nlink == 0:
+                raise StoreError(
+                    f"{f.name} was deleted while being written; stopping so that a restart "
+                    "records into the store on disk and backfills what was lost"
+                )
 
     def record_gaps(self, records: list[dict]) -> None:
         """Append gap records (ids that could not be fetched) and fsync them at once."""

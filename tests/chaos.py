@@ -68,7 +68,6 @@ SYMBOL = "BTCUSDT"
 # are given up, far beyond any outage of the schedule (whose REST faults last at most 2 s,
 # each followed by at least 1.5 s of working REST).
 REST_TIMEOUT = 1.0
-REST_GIVE_UP = 60.0
 log = logging.getLogger("chaos")
 
 
@@ -443,7 +442,6 @@ def run_chaos(
             root,
             fake,
             **{
-                "rest_give_up": REST_GIVE_UP * time_scale,
                 "rest_timeout": REST_TIMEOUT * time_scale,
                 "queue_max": 5000,
                 "compact_interval": 3.0,

@@ -50,7 +50,6 @@ def fast_config(data_dir: Path, fake, **kw) -> RecorderConfig:
         backoff_initial=0.05 * UNIT,
         backoff_max=0.2 * UNIT,
         overlap_max=3 * UNIT,
-        rest_give_up=1 * UNIT,
         rest_weight_per_minute=600_000,
         status_interval=0.2 * UNIT,
         open_timeout=2 * UNIT,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from recorder.backfill import (
     NOT_SERVED,
-    UNAVAILABLE,
+    REFUSED,
     Request,
     SymbolBackfill,
     Wait,
@@ -32,9 +32,9 @@ def item(i: int, **kw) -> dict:
             "isBuyerMaker": True, "isBestMatch": True, **kw}  # fmt: skip
 
 
-def policy(tracker: IdTracker, give_up: float = 5.0) -> SymbolBackfill:
+def policy(tracker: IdTracker) -> SymbolBackfill:
     return SymbolBackfill(
-        "ETHUSDT", tracker, limit=10, give_up_after=give_up, max_skew_ms=60_000,
+        "ETHUSDT", tracker, limit=10, max_skew_ms=60_000,
         delays=lambda: backoff_delays(0.1, 1.0, random.Random(1)),
     )  # fmt: skip
 
@@ -66,7 +66,7 @@ CASES = {
     ),
     "out of order: not a truthful page": ([item(105), item(107), item(106), item(108)], [], 1, [], False),
     "jumps ahead, then back": ([item(114), *(item(i) for i in range(105, 110))], [], 1, [], False),
-    "time before the neighbour": ([item(105, time=t(104) - 1), item(106)], [106], 1, [(105, 105)], True),
+    "time before the neighbour: served, refused": ([item(105, time=t(104) - 1), item(106)], [106], 1, [], True),
     "time after the neighbour inside the gap": (
         [item(105), item(106, time=t(110) + 1), item(107)], [105, 107], 1, [], True,
     ),
@@ -93,10 +93,22 @@ def test_judge_a_reply(name):
         usable,
     )
     if gaps:
-        assert v.gap_reason == NOT_SERVED
         assert all((g.after_time, g.before_time) == (t(104), t(110)) for g in v.gaps)
     if not usable:  # nothing trusted: the tracker is untouched
         assert bf.tracker.missing == [Missing(105, 109, t(104), t(110))]
+
+
+def test_served_but_refused_ids_are_told_apart_from_ids_not_served():
+    bf, req = gap_policy()
+    reply = [item(106, time=t(104) - 1), item(107, time=t(110) + 5), item(108), item(109)]
+    v = bf.judge(req, reply, NOW_MS * 1000)
+    assert ids(v.store) == [108, 109]
+    assert [(g.first, g.last) for g in v.gaps] == [(105, 105)]  # REST answered from 106 on
+    assert [(g.first, g.last) for g in v.refused] == [(106, 107)]  # it served them: refused
+    for f in v.store:  # the caller ingests what is stored
+        bf.tracker.accept(f.trade_id, f.trade_time)
+    assert bf.tracker.missing == []
+    assert NOT_SERVED != REFUSED
 
 
 def test_a_fill_brackets_the_pieces_it_leaves_with_its_own_time():
@@ -132,12 +144,12 @@ def test_catch_up_ends_with_a_short_page():
     assert bf.next_step(0.0, NOW_MS) is None
 
 
-def test_failures_back_off_then_give_up_and_a_success_resets():
+def test_failures_back_off_and_never_give_up_and_a_success_resets():
     bf, req = gap_policy()
     waits = []
     now = 0.0
     for _ in range(4):
-        assert bf.failed(req, now) == []
+        bf.failed(now)
         step = bf.next_step(now, NOW_MS)
         assert isinstance(step, Wait)
         waits.append(step.seconds)
@@ -149,12 +161,17 @@ def test_failures_back_off_then_give_up_and_a_success_resets():
     bf.tracker.accept(105, t(105))
     req = bf.next_step(now, NOW_MS)
     assert isinstance(req, Request) and req.from_id == 106
-    bf.failed(req, now)
+    bf.failed(now)
     step = bf.next_step(now, NOW_MS)
     assert isinstance(step, Wait) and 0.05 <= step.seconds <= 0.1
-    # Failing for give_up_after seconds records every missing id as a gap.
-    assert bf.failed(req, now + 5.0) == [Missing(106, 109, t(105), t(110))]
-    assert bf.tracker.missing == [] and bf.next_step(now + 5.0, NOW_MS) is None
+    # A week of failures: the ids stay missing and are still asked for, at the capped delay.
+    for _ in range(2000):
+        now += 300.0
+        bf.failed(now)
+    assert bf.tracker.missing == [Missing(106, 109, t(105), t(110))]
+    step = bf.next_step(now, NOW_MS)
+    assert isinstance(step, Wait) and 0.5 <= step.seconds <= 1.0
+    assert isinstance(bf.next_step(now + 1.0, NOW_MS), Request)
 
 
 def test_backoff_delays_are_capped_jittered_and_never_zero():
@@ -166,7 +183,7 @@ def test_backoff_delays_are_capped_jittered_and_never_zero():
     assert sum(1 for x in itertools.accumulate(delays) if x <= 300) < 15
 
 
-REPLIES = ["ok", "ok", "ok", "fail", "short", "garbage", "other"]
+REPLIES = ["ok", "fail", "short", "garbage", "other", "disorder"]
 
 
 @settings(max_examples=150, deadline=None)
@@ -174,20 +191,20 @@ REPLIES = ["ok", "ok", "ok", "fail", "short", "garbage", "other"]
     n=st.integers(30, 120),
     seen=st.sets(st.integers(1, 119)),
     holes=st.sets(st.integers(1, 118), max_size=20),
-    replies=st.lists(st.sampled_from(REPLIES), min_size=1, max_size=400),
+    replies=st.lists(st.sampled_from(REPLIES), max_size=300),
 )
-def test_any_interleaving_ends_with_every_id_stored_or_a_gap(n, seen, holes, replies):
+def test_any_interleaving_ends_with_every_id_stored_or_a_true_gap(n, seen, holes, replies):
     """The exchange has ids 0..n (``holes``: ids REST cannot serve); the stream delivered
-    ``seen``; REST answers as ``replies`` says, in turn. Whatever the order, backfill ends, and
-    every id is stored exactly once or recorded as a gap, and a gap 'not served by REST' holds
-    only ids REST truly cannot serve."""
+    ``seen``; REST answers as ``replies`` says, in turn, then well. Whatever the order,
+    backfill ends with every id stored exactly once or recorded as a gap, and a gap holds only
+    ids REST truly cannot serve: failures, garbage and poisoned pages only delay."""
     holes = {h for h in holes if h < n}
     tr = IdTracker(0, t(0))
-    stored, gaps = [0], {}
+    stored, gaps = [0], set()
     for i in [*sorted(s for s in seen - holes if s <= n), n]:
         if tr.accept(i, t(i))[0] != Accept.DUP:
             stored.append(i)
-    bf = policy(tr, give_up=3.0)
+    bf = policy(tr)
     bf.request_catchup()
     now, turn = 0.0, 0
     for _ in range(5000):
@@ -197,33 +214,33 @@ def test_any_interleaving_ends_with_every_id_stored_or_a_gap(n, seen, holes, rep
         if isinstance(step, Wait):
             now += step.seconds
             continue
-        kind = replies[turn % len(replies)]
+        kind = replies[turn] if turn < len(replies) else "ok"
         turn += 1
-        served = [
-            item(i) for i in range(step.from_id, min(n, step.from_id + 9) + 1) if i not in holes
-        ]
+        top = step.gap.last + 10 if step.gap else step.from_id + 9
+        served = [item(i) for i in range(step.from_id, min(n, top) + 1) if i not in holes][:10]
         if kind == "short" and step.gap is not None:
             served = served[:3]
         elif kind == "garbage":
-            served = [item(step.from_id + 50), *served, {"id": "x"}]
+            served = [*served, {"id": "x"}, item(10**9)]
         elif kind == "other":
             served = [item(3_000_000_000 + i) for i in range(5)]
+        elif kind == "disorder":
+            served = served[::-1]
         v = None if kind == "fail" else bf.judge(step, served, NOW_MS * 1000)
         if v is None or not v.usable:
-            dropped, reason = bf.failed(step, now), UNAVAILABLE
+            bf.failed(now)
             now += 0.05
-        else:
-            dropped, reason = v.gaps, v.gap_reason
-            for f in v.store:
-                if tr.accept(f.trade_id, f.trade_time)[0] != Accept.DUP:
-                    stored.append(f.trade_id)
-        for m in dropped:
-            for i in range(m.first, m.last + 1):
-                assert i not in gaps
-                gaps[i] = reason
+            continue
+        assert v.refused == []  # every time in this exchange is right
+        for m in v.gaps:
+            ids_ = set(range(m.first, m.last + 1))
+            assert gaps.isdisjoint(ids_)
+            gaps |= ids_
+        for f in v.store:
+            if tr.accept(f.trade_id, f.trade_time)[0] != Accept.DUP:
+                stored.append(f.trade_id)
     else:
         pytest.fail("backfill did not end")
     assert len(stored) == len(set(stored)), "an id was stored twice"
-    assert set(stored).isdisjoint(gaps) and set(stored) | set(gaps) == set(range(n + 1))
-    assert {i for i, r in gaps.items() if r == NOT_SERVED} <= holes
-    assert holes.isdisjoint(stored)
+    assert set(stored).isdisjoint(gaps) and set(stored) | gaps == set(range(n + 1))
+    assert gaps <= holes and holes.isdisjoint(stored)

@@ -58,9 +58,7 @@ def test_rest_down_at_start_records_the_stream_and_fills_in_later(tmp_path, fram
             seen["status"] = store_status(tmp_path)["rest_unavailable_since"]
             fake.rest_mode = "ok"
 
-        rec = asyncio.run(
-            record(fast_config(tmp_path, fake, rest_give_up=60 * UNIT), fake, before=while_down)
-        )
+        rec = asyncio.run(record(fast_config(tmp_path, fake), fake, before=while_down))
     assert seen["since"] is not None and seen["since"] == seen["status"]
     assert str(seen["since"]).startswith(time.strftime("%Y-%m-%dT", time.gmtime()))
     assert rec.stats["rest_failures"] >= 1 and rec.stats["gaps_recorded"] == 0
@@ -128,7 +126,7 @@ def test_another_symbols_rest_reply_is_quarantined_not_stored(tmp_path, frames_2
 
         fake.at(1000, drop_and_poison)
         fake.at(2500, lambda f: setattr(f, "rest_mode", "ok"))
-        rec = asyncio.run(record(fast_config(tmp_path, fake, rest_give_up=60 * UNIT), fake))
+        rec = asyncio.run(record(fast_config(tmp_path, fake), fake))
     assert rec.stats["rejects"] >= 50 and rec.stats["rejects"] % 50 == 0
     assert rec.stats["gaps_recorded"] == 0
     rejects = b"".join(p.read_bytes() for p in (tmp_path / "rejects").glob("*.ndjson"))
@@ -170,7 +168,11 @@ def test_a_failing_disk_stops_the_recorder_and_a_restart_loses_nothing(tmp_path,
     exactly_once(tmp_path, frames)
 
 
-def test_a_removed_store_stops_the_recorder(tmp_path, frames_2024):
+@pytest.mark.parametrize(
+    ("removed", "message"),
+    [("", "was removed or replaced while in use"), ("trades", "was deleted while being written")],
+)
+def test_a_removed_store_stops_the_recorder(tmp_path, frames_2024, removed, message):
     root = tmp_path / "store"
     with FakeBinance(frames_2024[:4000], rate=2000) as fake:
 
@@ -180,11 +182,129 @@ def test_a_removed_store_stops_the_recorder(tmp_path, frames_2024):
             await wait_for(lambda: rec.conns.open or task.done(), 5, "first connection")
             fake.threadsafe(fake.start_market)
             await wait_for(lambda: rec.stats["trades"] > 200, 10, "trades")
-            shutil.rmtree(root)
-            with pytest.raises(StoreError, match="was removed or replaced while in use"):
+            shutil.rmtree(root / removed)
+            with pytest.raises(StoreError, match=message):
                 await asyncio.wait_for(task, 10)
 
         asyncio.run(scenario())
+
+
+def test_a_state_record_is_written_only_after_the_trades_before_it_are_durable(
+    tmp_path, frames_2024
+):
+    """The state file says which ids are still missing; if it reached the disk before the
+    trades that filled them, a crash in between would lose them silently."""
+    frames = frames_2024[:3000]
+    calls: list[str] = []
+
+    class Journal(StoreWriter):
+        def append(self, batch):
+            calls.append("append")
+            super().append(batch)
+
+        def sync(self):
+            calls.append("sync")
+            super().sync()
+
+        def write_state(self, name, state):
+            calls.append("state")
+            super().write_state(name, state)
+
+    async def journal(rec):
+        rec.sink.writer = Journal(tmp_path)
+
+    with FakeBinance(frames, rate=3000) as fake:
+        for i in (800, 1600, 2400):
+            fake.at(i, FakeBinance.drop_all)
+        rec = asyncio.run(record(fast_config(tmp_path, fake), fake, before=journal))
+    assert rec.stats["backfilled"] > 0 and calls.count("state") >= 3
+    for i, c in enumerate(calls):
+        if c == "state":
+            last_append = max((j for j in range(i) if calls[j] == "append"), default=-1)
+            assert "sync" in calls[last_append + 1 : i], f"state write {i} before an fsync"
+    exactly_once(tmp_path, frames)
+
+
+def test_stop_while_the_stream_takes_its_open_timeout_returns_at_once(tmp_path):
+    async def scenario():
+        accepted = []
+
+        async def silent(reader, writer):  # accepts TCP, never answers the handshake
+            accepted.append(writer)
+            await asyncio.sleep(60)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = RecorderConfig(
+            symbols=("BTCUSDT",),
+            data_dir=tmp_path,
+            ws_url=f"ws://127.0.0.1:{port}",
+            rest_url=f"http://127.0.0.1:{port}",
+            open_timeout=60.0,
+        )
+        rec = Recorder(cfg)
+        task = asyncio.create_task(rec.run())
+        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        rec.stop()
+        await asyncio.wait_for(task, 5)  # returns, no error: a stop is not a failure
+        took = time.monotonic() - t0
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+        return took
+
+    assert asyncio.run(scenario()) < 1.0
+
+
+def test_stop_with_an_fsync_taking_8_s_returns_within_5_s(tmp_path, frames_2024):
+    import threading
+
+    frames = frames_2024[:3000]
+    hang, release = threading.Event(), threading.Event()
+
+    class HungDisk(StoreWriter):
+        def sync(self):
+            if hang.is_set():
+                release.wait(8)  # an fsync that takes 8 s
+            super().sync()
+
+    async def scenario(fake):
+        rec = Recorder(fast_config(tmp_path, fake), seed=1)
+        rec.sink.writer = HungDisk(tmp_path)
+        task = asyncio.create_task(rec.run())
+        await wait_for(lambda: rec.conns.open or task.done(), 5, "first connection")
+        fake.threadsafe(fake.start_market)
+        await wait_for(lambda: rec.stats["trades"] > 500, 10, "trades")
+        hang.set()
+        await asyncio.sleep(0.3)  # the writer is now inside a hung fsync
+        t0 = time.monotonic()
+        rec.stop()
+        await asyncio.wait_for(task, 10)
+        return time.monotonic() - t0, rec
+
+    with FakeBinance(frames, rate=3000) as fake:
+        took, rec = asyncio.run(scenario(fake))
+    assert took < 5
+    # The process would exit here; in a test, let the disk finish and close what it holds.
+    hang.clear()
+    release.set()
+    time.sleep(0.2)
+    rec.sink.writer.close()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"garbage", b"[]", b'{"missing": [[1, 2]]}', b'{"missing": [[5, 1, 0, 0]]}'],
+)
+def test_a_damaged_state_file_is_one_clear_error(tmp_path, content):
+    from recorder.store import read_missing
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "BTCUSDT.json").write_bytes(content)
+    with pytest.raises(StoreError, match=r"BTCUSDT\.json.*(move it aside|move the file aside)"):
+        read_missing(tmp_path, "BTCUSDT")
 
 
 def test_removing_the_lock_file_does_not_release_the_lock(tmp_path):

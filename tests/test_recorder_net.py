@@ -163,25 +163,21 @@ def test_rest_429_retry_after_is_respected(tmp_path, frames_2024):
     exactly_once(tmp_path, frames)
 
 
-def test_unfetchable_ids_become_a_visible_gap(tmp_path, frames_2024):
+def test_ids_rest_does_not_have_become_a_visible_gap(tmp_path, frames_2024):
     frames = frames_2024[:3000]
+    ids = [orjson.loads(f)["data"]["t"] for f in frames]
+    hole = (ids[1000], ids[1099])  # on the exchange's side: neither stream nor REST has them
     with FakeBinance(frames, rate=3000) as fake:
-
-        def drop_and_break(f):
-            f.rest_mode = "fail"
-            f.drop_all()
-
-        fake.at(1000, drop_and_break)
+        fake.rest_skip = fake.stream_skip = [hole]
         rec = asyncio.run(record(fast_config(tmp_path, fake), fake))
     gaps = read_gaps(tmp_path, "BTCUSDT")
     assert rec.stats["gaps_recorded"] == len(gaps) == 1
     (gap,) = gaps
-    ids = [orjson.loads(f)["data"]["t"] for f in frames]
+    assert (gap["first_id"], gap["last_id"], gap["reason"]) == (*hole, "not served by REST")
     stored = set(stored_rows(tmp_path)["trade_id"].to_list())
     missing = set(range(gap["first_id"], gap["last_id"] + 1))
     # Stored and recorded-missing partition the source ids exactly.
     assert stored.isdisjoint(missing) and stored | missing == set(ids)
-    assert gap["first_id"] <= ids[1000] <= gap["last_id"] and gap["reason"] == "REST unavailable"
     times = {orjson.loads(f)["data"]["t"]: orjson.loads(f)["data"]["T"] for f in frames}
     assert (gap["after_time"], gap["before_time"]) == (
         times[gap["first_id"] - 1],
@@ -192,6 +188,66 @@ def test_unfetchable_ids_become_a_visible_gap(tmp_path, frames_2024):
     assert view_query(tmp_path, "SELECT first_id, last_id, trades FROM gaps") == [
         (gap["first_id"], gap["last_id"], len(missing))
     ]
+
+
+def test_ids_missing_while_rest_is_down_stay_missing_never_a_gap(tmp_path, frames_2024):
+    """Binance serves its history for years: an outage, however long, only delays a fill.
+    The missing ids stay in state/BTCUSDT.json and recorder status until REST answers."""
+    frames = frames_2024[:3000]
+    ids = [orjson.loads(f)["data"]["t"] for f in frames]
+    with FakeBinance(frames, rate=3000) as fake:
+
+        def drop_and_break(f):
+            f.rest_mode = "fail"
+            f.drop_all()
+
+        fake.at(1000, drop_and_break)
+
+        async def scenario():
+            rec = Recorder(fast_config(tmp_path, fake), seed=1)
+            task = asyncio.create_task(rec.run())
+            await wait_for(lambda: rec.conns.open or task.done(), 5, "first connection")
+            fake.threadsafe(fake.start_market)
+            await wait_for(lambda: fake.executed == len(frames), 30, "the market")
+            await wait_for(lambda: rec.trackers["BTCUSDT"].high == ids[-1], 10, "the stream")
+            await asyncio.sleep(2 * UNIT)  # many back-off rounds of failing REST
+            status = store_status(tmp_path)
+            rec.stop()
+            await task
+            return rec, status
+
+        rec, status = asyncio.run(scenario())
+    assert rec.stats["gaps_recorded"] == 0 and read_gaps(tmp_path) == []
+    assert rec.stats["rest_failures"] >= 3
+    (missing,) = rec.trackers["BTCUSDT"].missing
+    assert missing.first <= ids[1000] <= missing.last
+    n = missing.last - missing.first + 1
+    assert status["symbols"][0]["missing_being_fetched"] == n
+    assert status["rest_unavailable_since"] is not None
+    stored = set(stored_rows(tmp_path)["trade_id"].to_list())
+    assert stored | set(range(missing.first, missing.last + 1)) == set(ids)
+    # A restart with REST back fills them.
+    with FakeBinance(frames, rate=100000) as fake:
+        fake.start_market()
+        fake.wait_done(10)
+
+        async def refill():
+            rec = Recorder(fast_config(tmp_path, fake), seed=1)
+            task = asyncio.create_task(rec.run())
+            await wait_for(
+                lambda: (
+                    rec.trackers.get("BTCUSDT", True) is not True
+                    and not rec.trackers["BTCUSDT"].missing
+                ),
+                20,
+                "the fill",
+            )
+            await asyncio.sleep(0.3 * UNIT)
+            rec.stop()
+            await task
+
+        asyncio.run(refill())
+    exactly_once(tmp_path, frames)
 
 
 def test_restart_reads_the_last_id_back_and_catches_up_a_quiet_symbol(tmp_path, frames_2024):
