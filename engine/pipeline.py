@@ -16,7 +16,14 @@ import orjson
 import polars as pl
 
 from engine.durations import format_ms
-from engine.horizons import BOOTSTRAP_REPS, compare, forward_moves, group_windows, horizons_for
+from engine.horizons import (
+    BOOTSTRAP_REPS,
+    adjustment_covariates,
+    compare,
+    forward_moves,
+    group_windows,
+    horizons_for,
+)
 from engine.model import ModelParams, walk_forward
 from engine.scan import open_store
 from engine.windows import build_windows
@@ -67,7 +74,7 @@ class Settings:
             "bootstrap": {
                 "kind": "circular block",
                 "reps": self.reps,
-                "block": "max(2k, N^(1/3)) windows",
+                "block": "Politis-White (arch, circular), at least 2k windows",
             },
         }
 
@@ -97,12 +104,12 @@ def horizon_report(s: Settings, scored: pl.DataFrame) -> dict[str, Any]:
     hs = horizons_for(s.horizons, s.every_ms)
     moves = forward_moves(scored, hs)
     groups = group_windows(scored, s.baseline, s.model.buffer)
-    rows = compare(moves, groups, scored["volatility"], hs, seed=s.model.seed, reps=s.reps)
+    rows = compare(moves, groups, adjustment_covariates(scored), hs, seed=s.model.seed, reps=s.reps)
     return {
         "parameters": s.parameters(),
         "flag_rate": flag_rate(scored),
         "scored_windows": int(scored["prediction"].is_not_null().sum()),
-        "comparisons": sum(r["p_mannwhitney"] is not None for r in rows),
+        "comparisons": sum(r["p_naive"] is not None for r in rows),
         "rows": rows,
     }
 
@@ -127,7 +134,7 @@ def prototype_report(
     table = compare(
         prototype_moves(rows, hs),
         groups,
-        rows["volatility"],
+        adjustment_covariates(rows),
         hs,
         reps=reps,
         metrics=("abs_return_sum",),
@@ -143,7 +150,7 @@ def prototype_report(
         },
         "flag_rate": flag_rate(rows),
         "scored_windows": int(rows["prediction"].is_not_null().sum()),
-        "comparisons": sum(r["p_mannwhitney"] is not None for r in table),
+        "comparisons": sum(r["p_naive"] is not None for r in table),
         "rows": table,
     }
 
@@ -155,12 +162,17 @@ def results_dir_for(s: Settings) -> Path:
 def run(
     s: Settings, results: Path | None = None, progress: Progress = _quiet, plots: bool = True
 ) -> tuple[dict[str, Any], Path]:
-    """Windows, scores and the horizon table, written to a results folder."""
+    """Windows, scores, the horizon table and the evaluation (``report["evaluate"]``, also
+    ``evaluate.json`` and ``evaluate.csv``), written to a results folder."""
     t0 = time.monotonic()
     out = results or results_dir_for(s)
     windows = load_windows(s, progress)
     scored = score_windows(s, windows, progress)
     report = horizon_report(s, scored)
+    from engine.evaluate import evaluate_scored
+
+    verdict = evaluate_scored(s, scored)  # the flag against a volatility forecast; in the ledger
+    report["evaluate"] = verdict.as_dict()
     from engine.simulate import truth_path
 
     truth = truth_path(s.data_dir, s.symbol)
@@ -176,6 +188,10 @@ def run(
     ).write_parquet(out / "scores.parquet")
     (out / "horizons.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     pl.DataFrame(report["rows"]).write_csv(out / "horizons.csv")
+    (out / "evaluate.json").write_bytes(
+        orjson.dumps(report["evaluate"], option=orjson.OPT_INDENT_2)
+    )
+    pl.DataFrame(verdict.rows, infer_schema_length=None).write_csv(out / "evaluate.csv")
     (out / "parameters.json").write_bytes(orjson.dumps(s.parameters(), option=orjson.OPT_INDENT_2))
     if plots:
         from engine.plots import write_plots
@@ -200,10 +216,10 @@ def sweep(s: Settings, everies: Sequence[int], progress: Progress = _quiet) -> d
         rows += [{"every": se.every, **r} for r in rep["rows"]]
     from scipy.stats import false_discovery_control
 
-    ps = [r["p_mannwhitney"] for r in rows if r["p_mannwhitney"] is not None]
+    ps = [r["p_naive"] for r in rows if r["p_naive"] is not None]
     adj = iter(false_discovery_control(ps, method="bh").tolist() if ps else [])
     for r in rows:  # adjust across the whole grid, not per size
-        r["p_bh"] = next(adj) if r["p_mannwhitney"] is not None else None
+        r["p_naive_bh"] = next(adj) if r["p_naive"] is not None else None
     return {
         "parameters": {**s.parameters(), "every": [format_ms(e) for e in everies]},
         "flag_rate": rates,

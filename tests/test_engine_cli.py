@@ -47,7 +47,7 @@ def test_windows_formats_and_output_files(store, tmp_path):
     lines = r.stdout.splitlines()
     assert (
         lines[0]
-        == "window_start,trade_count,volume,quote_volume,avg_trade_size,open,high,low,close,return,volatility,vwap,buy_volume,gap"
+        == "window_start,trade_count,volume,quote_volume,avg_trade_size,open,high,low,close,return,volatility,realized_variance,parkinson_variance,vwap,buy_volume,gap"
     )
     assert lines[1].startswith("2024-08-08T00:00:00.000Z,")
     assert len(lines) == 1 + 3 * 180
@@ -139,14 +139,19 @@ def test_score_prints_flag_rate_and_horizons_json(store):
         "median",
         "ratio_mean",
         "ratio_median",
-        "p_mannwhitney",
+        "p_naive",
         "ci_low",
         "ci_high",
-        "ratio_vol_matched",
-        "p_bh",
+        "block",
+        "ratio_adjusted",
+        "adj_ci_low",
+        "adj_ci_high",
+        "overlap",
+        "p_naive_bh",
     }
     assert all(need <= set(x) for x in body["rows"])
-    assert body["comparisons"] == sum(x["p_mannwhitney"] is not None for x in body["rows"])
+    assert not any({"p_mannwhitney", "p_bh", "ratio_vol_matched"} & set(x) for x in body["rows"])
+    assert body["comparisons"] == sum(x["p_naive"] is not None for x in body["rows"])
 
 
 def test_run_writes_results_that_sql_sees_and_sweep(store):
@@ -166,6 +171,8 @@ def test_run_writes_results_that_sql_sees_and_sweep(store):
     assert r.stdout.startswith("flag rate ")
     out = store / "results" / "SIMUSDT-30s"
     assert sorted(p.name for p in out.iterdir()) == [
+        "evaluate.csv",
+        "evaluate.json",
         "horizons.csv",
         "horizons.json",
         "parameters.json",

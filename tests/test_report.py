@@ -80,4 +80,5 @@ def test_report_renders_offline_with_table_and_images(tmp_path):
     # The comparison table: 2 horizons x 2 metrics x 4 groups.
     table = dom.split("Do flagged windows precede larger moves?")[1].split("</table>")[0]
     assert len(re.findall(r"<tr", table)) == 1 + 16
-    assert "ratio_vol_matched" in table and "ci_low" in table
+    assert "ratio_adjusted" in table and "p_naive" in table and "ci_low" in table
+    assert "ratio_vol_matched" not in table and "p_mannwhitney" not in table
