@@ -19,6 +19,9 @@ demo: $(STAMP)
 	@echo "== 4/4 The REAL sample is too short for the model (34 windows of 20 s; the model needs 500): its windows"
 	$(BIN)/engine windows --data-dir $(DEMO)/store --symbol BTCUSDT --every 1m
 	@echo
+	@echo "== THE VERDICT on the SIMULATED data (its volatility regimes drive the moves; activity bursts carry no extra warning)"
+	@$(BIN)/engine verdict --results $(DEMO)/SIMUSDT-20s
+	@echo
 	@echo "Report: $(DEMO)/SIMUSDT-20s/report.html   plots: $(DEMO)/SIMUSDT-20s/plots/   store: $(DEMO)/store"
 	@echo "SIMUSDT is simulated; BTCUSDT is real. Query both: $(BIN)/engine sql \"SELECT symbol, count(*) FROM trades GROUP BY 1\" --data-dir $(DEMO)/store"
 
@@ -67,3 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/model_bench.py --days 3 --windows 30000
 	$(BIN)/python bench/import_bench.py --trades 30000000
 	$(BIN)/python bench/chaos.py --minutes 10 --seed 1
+	$(BIN)/python bench/evaluate_bench.py

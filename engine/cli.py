@@ -209,6 +209,23 @@ def print_report(report: dict[str, Any], fmt: str, output: Path | None) -> None:
     emit_table(rows, fmt, output, envelope)
 
 
+def print_verdict(ev: dict[str, Any]) -> None:
+    """The answer first: one sentence, then the model against the forecast per horizon."""
+    import polars as pl
+
+    from engine.output import emit_table
+    from engine.verdict import by_horizon, headline
+
+    click.echo(f"VERDICT: {headline(ev)}")
+    emit_table(pl.DataFrame(by_horizon(ev), infer_schema_length=None), "table")
+    ledger = ev.get("ledger_comparisons")
+    if ledger is not None:
+        click.echo(
+            f"({ev['comparisons']} comparisons in this run, {ledger} on this store so far: "
+            "the more are run, the more will look significant by chance)"
+        )
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="tapewatch", prog_name="engine")
 def main() -> None:
@@ -354,6 +371,32 @@ def evaluate(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
 
 
 @main.command(context_settings=CONTEXT)
+@click.option(
+    "--results",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="A results folder `engine run` wrote.",
+)
+@_errors
+def verdict(results: Path) -> None:
+    """Print the answer of a finished `engine run`: does the flag tell anything about the
+    next moves that a volatility forecast built from the same information does not?
+
+    \b
+    Example:
+      engine verdict --results data/results/BTCUSDT-20s
+    """
+    import orjson
+
+    path = results / "evaluate.json"
+    try:
+        ev = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError) as e:
+        raise InputError(f"{path} is missing or damaged ({e}); rerun `engine run`") from None
+    print_verdict(ev)
+
+
+@main.command(context_settings=CONTEXT)
 @store_options
 @model_options
 @horizon_options
@@ -386,6 +429,9 @@ def run(
     from engine.pipeline import run as run_all
 
     report, out = run_all(settings(kw), results, _progress(), plots=not no_plots or with_report)
+    if fmt == "table" and output is None:
+        print_verdict(report["evaluate"])
+        click.echo("\nThe prototype's view, for comparison (not a test of the question):")
     print_report(report, fmt, output)
     if fmt == "table" and output is None and "detection" in report:
         d = report["detection"]

@@ -54,6 +54,36 @@ def _table(rows: list[dict[str, Any]], cols: list[str], left: set[str], cls=None
     return f'<div class="scroll">{table}</div>'
 
 
+def _verdict_section(ev: dict[str, Any]) -> str:
+    """The answer first: the sentence, the per-horizon table, and how many tests were run."""
+    from engine.verdict import by_horizon, headline
+
+    rows = by_horizon(ev)
+    cols = [
+        "horizon", "effect", "ci_low", "ci_high", "p_value", "p_bh", "oos_r2_gain",
+        "verdict", "best_competitor", "competitor_effect", "dm_p_model_better",
+    ]  # fmt: skip
+    ledger = ev.get("ledger_comparisons")
+    count = (
+        f"{ev['comparisons']} comparisons in this run"
+        + ("" if ledger is None else f", {ledger} on this store so far")
+        + ": the more comparisons are run on one store, the more will look significant by chance."
+    )
+    return (
+        f'<h2>Verdict</h2><p id="verdict"><b>{html.escape(headline(ev))}</b></p>'
+        + _table(rows, cols, {"horizon", "verdict", "best_competitor"},
+                 lambda r: "sig" if r["verdict"] == "adds information" else "")
+        + '<p class="note">effect: how many times the realized variance over the horizon after a '
+        "flagged window exceeds what a walk-forward volatility forecast (HAR-RV with activity "
+        "and time of day, from the same information the detector sees) expects; interval: "
+        "Newey-West; p_value: rotation test (flags shifted by a day or more, keeping their "
+        "clustering), one-sided; p_bh: Benjamini-Hochberg over this run; oos_r2_gain: out-of-"
+        "sample gain of the forecast with the flag; best_competitor: the z-score flag at the "
+        "same rate with the largest effect; dm_p_model_better: Diebold-Mariano (HLN) p that "
+        f"the model forecasts better than it. {html.escape(count)} All rows: evaluate.csv.</p>"
+    )  # fmt: skip
+
+
 def write_report(results: Path, out: Path | None = None) -> Path:
     """Write ``results/report.html`` (or ``out``) from a folder ``engine run`` wrote."""
     try:
@@ -70,6 +100,9 @@ def write_report(results: Path, out: Path | None = None) -> Path:
         parts.append(
             '<p class="warn"><b>Simulated data.</b> These trades come from <code>engine simulate</code>, not from an exchange.</p>'
         )
+    ev = report.get("evaluate")
+    if ev is not None:
+        parts.append(_verdict_section(ev))
     parts.append("<h2>Parameters</h2>")
     params = [
         {"parameter": k, "value": orjson.dumps(v).decode() if isinstance(v, dict | list) else v}

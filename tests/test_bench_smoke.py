@@ -127,3 +127,11 @@ def test_chaos_bench_smoke():
         "chaos run: seed 3, 0.1 min of market at 500 trades/s (3,000 trades)"
     )
     assert lines[-1].endswith("every shutdown < 5 s): HOLDS")
+
+
+def test_evaluate_bench_smoke():
+    lines = run_bench("bench/evaluate_bench.py", "--windows", "30000")
+    assert lines[-1].startswith(
+        "engine evaluate: 30,000 windows of 20 s, 4 horizons, model + 3 competitors, 2 metrics: "
+    )
+    assert "peak RSS" in lines[-1]

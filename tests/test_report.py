@@ -55,6 +55,7 @@ def test_report_renders_offline_with_table_and_images(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "detection vs simulated truth (within 300 s): precision " in r.stdout
+    assert r.stdout.startswith("VERDICT: ")
     html = (tmp_path / "res" / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # nothing to fetch: opens offline
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -75,6 +76,12 @@ def test_report_renders_offline_with_table_and_images(tmp_path):
     )
     dom = out.stdout
     assert 'data-images-loaded="4"' in dom, out.stderr[-2000:]
+    # It opens with the answer: the verdict sentence and its table come before anything else.
+    assert dom.index('id="verdict"') < dom.index("<h2>Parameters</h2>")
+    assert re.search(r'id="verdict"><b>(Yes: |No: |Too little data to tell: )', dom)
+    verdict = dom.split('id="verdict"')[1].split("</table>")[0]
+    assert len(re.findall(r"<tr", verdict)) == 1 + 2  # header + 2 horizons
+    assert "best_competitor" in verdict and "comparisons in this run" in dom
     assert "Simulated data." in dom
     assert "Detection against the simulation's ground truth" in dom
     # The comparison table: 2 horizons x 2 metrics x 4 groups.
