@@ -168,7 +168,13 @@ def test_run_writes_results_that_sql_sees_and_sweep(store):
         *SMALL,
     )
     assert r.exit_code == 0, r.stderr
-    assert r.stdout.startswith("flag rate ")
+    # The answer first, then the prototype's comparison table.
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("VERDICT: ")
+    assert lines[1].split()[:3] == ["horizon", "effect", "ci_low"]
+    assert len(lines[2:4]) == 2 and [x.split()[0] for x in lines[2:4]] == ["1m", "5m"]
+    table = lines.index("The prototype's view, for comparison (not a test of the question):")
+    assert lines[table + 1].startswith("flag rate ")
     out = store / "results" / "SIMUSDT-30s"
     assert sorted(p.name for p in out.iterdir()) == [
         "evaluate.csv",
