@@ -52,6 +52,7 @@ class Ingest:
         self.skew_ms = int(cfg.max_clock_skew * 1000)
         self.wake = asyncio.Event()
         self._budget = exchange.RestBudget(cfg.rest_weight_per_minute)
+        self._put = sink.queue.put  # the hot path: one await per trade, not two
 
     def load(self) -> None:
         for s in sorted(self.symbols):
@@ -73,7 +74,7 @@ class Ingest:
         if f.kind is Kind.TRADE:
             conn.note(f.symbol, f.trade_id)
             for item in self._ingest(f):
-                await self.sink.put(item)
+                await self._put(item)
         elif f.kind is Kind.SHUTDOWN:
             self.stats["server_shutdowns"] += 1
             conn.shutdown.set()
@@ -87,7 +88,7 @@ class Ingest:
         self.stats[key] += 1
         if self.stats[key] <= 10 or self.stats[key] % 1000 == 0:
             log.warning("%s #%d quarantined: %s", key, self.stats[key], reason)
-        await self.sink.put(RejectItem(reject_line(raw, recv_us, reason), recv_us / 1e6))
+        await self._put(RejectItem(reject_line(raw, recv_us, reason), recv_us / 1e6))
 
     def _ingest(self, f: Frame) -> list[Item]:
         """Continuity check for one decoded trade; the queue items it produces."""
@@ -164,8 +165,8 @@ class Ingest:
             queued = self._ingest(f)
             self.stats["backfilled"] += bool(queued)  # a duplicate was not backfilled
             for item in queued:
-                await self.sink.put(item)
-        await self.sink.put(self._state_item(req.symbol))
+                await self._put(item)
+        await self._put(self._state_item(req.symbol))
 
     def _rest_failed(self, e: RestUnavailable) -> None:
         self.rest_status[e.status] += 1
@@ -193,5 +194,5 @@ class Ingest:
         self.stats["gaps_recorded"] += len(recs)
         for m in dropped:
             log.error("%s: ids %d..%d recorded as a gap (%s)", symbol, m.first, m.last, reason)
-        await self.sink.put(GapItem(recs))
-        await self.sink.put(self._state_item(symbol))
+        await self._put(GapItem(recs))
+        await self._put(self._state_item(symbol))
