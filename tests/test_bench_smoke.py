@@ -122,9 +122,9 @@ def test_analysis_bench_smoke(tmp_path):
 
 
 def test_chaos_bench_smoke():
-    lines = run_bench("bench/chaos.py", "--minutes", "0.1", "--seed", "3")
+    lines = run_bench("bench/chaos.py", "--minutes", "0.05", "--seed", "3")
     assert lines[0].startswith(
-        "chaos run: seed 3, 0.1 min of market at 500 trades/s (3,000 trades)"
+        "chaos run: seed 3, 0.05 min of market at 500 trades/s (1,500 trades)"
     )
     assert lines[-1].endswith("every shutdown < 5 s): HOLDS")
 

@@ -105,7 +105,7 @@ def test_twenty_drops_in_a_row_keep_reconnect_delays_short(tmp_path, frames_2024
     --backoff-max (10 s here), they each wait a first delay (at most 0.05 s)."""
     frames = frames_2024[:17000]
     with FakeBinance(frames, rate=2000) as fake:
-        for k in range(20):
+        for k in range(20):  # every 0.4 s: each connection lives past one keepalive interval
             fake.at(800 * (k + 1), FakeBinance.drop_all)
         cfg = fast_config(tmp_path, fake, backoff_max=10.0, ping_interval=0.3 * UNIT)
         rec = asyncio.run(record(cfg, fake))

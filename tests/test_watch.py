@@ -127,7 +127,7 @@ def test_live_scores_equal_batch_through_rollover_compaction_and_torn_line(
     t = run_watcher(w)
     time.sleep(0.5 * UNIT)
     # Ids 3735692259.. 3735692278 never reach the store: a gap the watcher must flag, as batch does.
-    replay = Replay(tmp_path, frames_2024[7000:9000] + frames_2024[9020:], realtime_s=8, speed=25)
+    replay = Replay(tmp_path, frames_2024[7000:9000] + frames_2024[9020:], realtime_s=8, speed=40)
     replay.start()
     replay.join(120 * UNIT)
     assert replay.compacted and replay.torn
