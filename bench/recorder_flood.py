@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -142,8 +143,15 @@ def main() -> None:
                 first = (now, n)
             if n >= args.trades:
                 last = (now, n)
-                time.sleep(0.5)  # one more status write: latencies of the last fsyncs
-                latency = orjson.loads(state.read_bytes()).get("fsync_latency_ms", latency)
+                # Latencies are known after the next fsync (0.5 s) and the status write after
+                # it: wait for them, up to 3 s.
+                give_up = time.monotonic() + 3
+                while time.monotonic() < give_up:
+                    time.sleep(0.1)
+                    with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
+                        latency = orjson.loads(state.read_bytes()).get("fsync_latency_ms") or {}
+                    if latency.get("n", 0) >= min(args.trades, 100_000):
+                        break
                 break
         hwm = rss_kb(p.pid, "VmHWM:")
         p.terminate()

@@ -191,6 +191,7 @@ def _row(
     k: int,
     min_shift: int,
     model_pa: np.ndarray | None,
+    blocks: np.ndarray,
     p: EvalParams,
 ) -> dict[str, Any]:
     """One (horizon, flag, metric) row: evaluation-sample arrays in, numbers out."""
@@ -210,14 +211,23 @@ def _row(
         row["oos_r2_gain"] = _f(1 - mse_a / mse_b) if mse_b > 0 else None
         if metric == "log_rv":
             row["qlike_gain"] = _f(1 - _qlike(y, pa) / _qlike(y, pb))
-        row["clark_west_stat"], row["clark_west_p"] = map(_f, clark_west(y, pb, pa, k))
+        row["clark_west_stat"], row["clark_west_p"] = map(_f, clark_west(y, pb, pa, blocks))
         if model_pa is not None:  # competitor vs the model: both augmented forecasts
             row["dm_stat"], row["dm_p"] = map(
-                _f, diebold_mariano((y - model_pa) ** 2, (y - pa) ** 2, k)
+                _f, diebold_mariano((y - model_pa) ** 2, (y - pa) ** 2, blocks)
             )
     little = nf < p.min_flags or (row["shifts"] or 0) < p.min_shifts
     row["verdict"] = TOO_LITTLE if little or row["effect"] is None else NO_EVIDENCE
     return row
+
+
+def quantile_steps(x: np.ndarray, q: int = 10) -> np.ndarray:
+    """For each column of ``x``, ``q - 1`` indicators ``x > quantile``: with the column itself,
+    a flexible (piecewise) function of it in a linear regression."""
+    if len(x) == 0:
+        return np.zeros((0, x.shape[1] * (q - 1)))
+    edges = np.quantile(x, np.arange(1, q) / q, axis=0)  # (q - 1, columns)
+    return (x[:, None, :] > edges[None, :, :]).reshape(len(x), -1).astype(np.float64)
 
 
 def _qlike(logrv: np.ndarray, pred: np.ndarray) -> float:
@@ -246,6 +256,7 @@ def evaluate(
     min_rows = max(50, 10 * tp.x.shape[1])
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     evaluated = 0
+    plain = [i for i in range(1, tp.n_base) if tp.enter_after[i] == 0]  # not the season terms
     for h in horizons:
         k = h.k
         y, future_ok = targets(tp, k)
@@ -258,12 +269,16 @@ def evaluate(
         per_day = max(1, round(p.min_shift_ms / every_ms))
         min_shift = max(min(per_day, len(ev) // 4), 2 * k + max(1, round(HALF_HOUR_MS / every_ms)))
         xe, fe, pe = tp.x[ev, : tp.n_base], tp.x[ev, tp.n_base :], pred[ev]
+        steps = quantile_steps(xe[:, plain])
+        blocks = np.searchsorted(starts, ev, side="right")  # the refit block of each row
         for mi, metric in enumerate(METRICS):
             ye, pb = y[ev, mi], pe[:, mi, 0]
             # The effect is judged beyond the forecast and beyond every input of it, fitted on
             # the evaluation sample: on a short history the walk-forward fit errs most where
-            # volatility is extreme, which is where a flag that reads volatility fires.
-            res = residualize(np.column_stack([ye, fe]), np.column_stack([xe, pb]))
+            # volatility is extreme, which is where a flag that reads volatility fires. The
+            # inputs enter with decile steps too: a flag that is only a threshold on one of
+            # them (quiet or busy windows) would otherwise "add" the baseline's nonlinearity.
+            res = residualize(np.column_stack([ye, fe]), np.column_stack([xe, pb, steps]))
             rot = rotation_stats(res[:, 0], fe) if len(ev) else np.zeros((0, len(FLAGS)))
             for j, name in enumerate(FLAGS):
                 rows[(metric, h.label, name)] = _row(
@@ -280,6 +295,7 @@ def evaluate(
                     k,
                     min_shift,
                     None if j == 0 else pe[:, mi, 1],
+                    blocks,
                     p,
                 )
     ordered = [rows[(m, h.label, name)] for m in METRICS for h in horizons for name in FLAGS]

@@ -1,8 +1,8 @@
 """The answer in words: one plain sentence and a small table per horizon, from an evaluation
 (``Evaluation.as_dict()``, as ``engine run`` writes it to ``evaluate.json``). Pure.
 
-    No: at no horizon does the flag say more about the next moves than a volatility forecast
-    built from the same information (closest: 5m, 1.03x [0.95, 1.10], p 0.29).
+    No evidence that the flag says more about the next moves than a volatility forecast built
+    from the same information (closest: 5m, 1.03x [0.95, 1.10], p 0.29).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ def _primary(ev: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in ev["rows"] if r["metric"] == metric]
 
 
-def _effect(r: dict[str, Any]) -> str:
+def _effect(r: dict[str, Any], p_key: str = "p_value") -> str:
     if r.get("effect") is None:
         return "n/a"
     lo, hi = r.get("effect_ci_low"), r.get("effect_ci_high")
     ci = "" if lo is None or hi is None else f" [{lo:.2f}, {hi:.2f}]"
-    p = "" if r.get("p_value") is None else f", p {r['p_value']:.2g}"
+    name = "adjusted p" if p_key == "p_bh" else "p"
+    p = "" if r.get(p_key) is None else f", {name} {r[p_key]:.2g}"
     return f"{r['effect']:.2f}x{ci}{p}"
 
 
@@ -45,15 +46,16 @@ def headline(ev: dict[str, Any]) -> str:
         best = max(rivals, key=lambda r: r["effect"] or 0)
         rival = (
             f" A one-line {best['flag']} flag at the same rate does ({best['horizon']}: "
-            f"{_effect(best)})."
+            f"{_effect(best, 'p_bh')})."
         )
     if found:
         best = max(found, key=lambda r: r["effect"] or 0)
         where = ", ".join(r["horizon"] for r in found)
         return (
             f"Yes: after a flagged window the next {where} move more than a volatility "
-            f"forecast built from the same information expects (strongest: {best['horizon']}, "
-            f"{_effect(best)}, Benjamini-Hochberg adjusted over this run).{rival}"
+            f"forecast built from the same information accounts for (strongest: "
+            f"{best['horizon']}, {_effect(best, 'p_bh')}, Benjamini-Hochberg over this "
+            f"run).{rival}"
         )
     close = min(
         (r for r in model if r.get("p_value") is not None),
@@ -61,9 +63,10 @@ def headline(ev: dict[str, Any]) -> str:
         default=model[0],
     )
     return (
-        "No: at no horizon does the flag say more about the next moves than a volatility "
+        "No evidence that the flag says more about the next moves than a volatility "
         f"forecast built from the same information (closest: {close['horizon']}, "
-        f"{_effect(close)}).{rival}"
+        f"{_effect(close)}, before adjusting for the run's {ev.get('comparisons', '?')} "
+        f"comparisons).{rival}"
     )
 
 

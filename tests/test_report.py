@@ -78,7 +78,7 @@ def test_report_renders_offline_with_table_and_images(tmp_path):
     assert 'data-images-loaded="4"' in dom, out.stderr[-2000:]
     # It opens with the answer: the verdict sentence and its table come before anything else.
     assert dom.index('id="verdict"') < dom.index("<h2>Parameters</h2>")
-    assert re.search(r'id="verdict"><b>(Yes: |No: |Too little data to tell: )', dom)
+    assert re.search(r'id="verdict"><b>(Yes: |No evidence that |Too little data to tell: )', dom)
     verdict = dom.split('id="verdict"')[1].split("</table>")[0]
     assert len(re.findall(r"<tr", verdict)) == 1 + 2  # header + 2 horizons
     assert "best_competitor" in verdict and "comparisons in this run" in dom

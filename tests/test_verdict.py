@@ -26,8 +26,9 @@ def ev(*rows):
 def test_no_names_the_closest_horizon():
     e = ev(row("1m", "model", NO, 0.98, 0.69), row("5m", "model", NO, 1.18, 0.07, 0.97, 1.45))
     assert headline(e) == (
-        "No: at no horizon does the flag say more about the next moves than a volatility "
-        "forecast built from the same information (closest: 5m, 1.18x [0.97, 1.45], p 0.07)."
+        "No evidence that the flag says more about the next moves than a volatility "
+        "forecast built from the same information (closest: 5m, 1.18x [0.97, 1.45], p 0.07, "
+        "before adjusting for the run's 2 comparisons)."
     )
 
 
@@ -38,10 +39,11 @@ def test_yes_names_every_horizon_and_the_strongest():
         row("15m", "model", NO, 1.1, 0.2),
         row("5m", "model", NO, 9.9, 0.9, metric="log_abs_return_sum"),  # not the primary metric
     )
+    e["rows"][1]["p_bh"] = 0.004
     assert headline(e) == (
         "Yes: after a flagged window the next 1m, 5m move more than a volatility forecast "
-        "built from the same information expects (strongest: 5m, 1.90x [1.50, 2.40], p 0.002, "
-        "Benjamini-Hochberg adjusted over this run)."
+        "built from the same information accounts for (strongest: 5m, 1.90x [1.50, 2.40], "
+        "adjusted p 0.004, Benjamini-Hochberg over this run)."
     )
 
 
@@ -52,7 +54,8 @@ def test_a_competitor_that_adds_information_is_said():
         row("5m", "abs_return_z", NO, 1.05, 0.3, dm_p=0.2),
     )
     assert headline(e).endswith(
-        "A one-line trade_count_z flag at the same rate does (5m: 1.33x [1.10, 1.60], p 0.003)."
+        "A one-line trade_count_z flag at the same rate does (5m: 1.33x [1.10, 1.60], "
+        "adjusted p 0.003)."
     )
     (h,) = by_horizon(e)
     assert (h["horizon"], h["effect"], h["verdict"]) == ("5m", 1.10, NO)
@@ -74,7 +77,7 @@ def test_engine_verdict_prints_the_answer_of_a_results_folder(tmp_path):
     r = CliRunner().invoke(main, ["verdict", "--results", str(tmp_path)])
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("VERDICT: No: at no horizon")
+    assert lines[0].startswith("VERDICT: No evidence that the flag says more")
     assert lines[1].split() == [
         "horizon", "effect", "ci_low", "ci_high", "p_value", "p_bh", "oos_r2_gain", "verdict",
         "best_competitor", "competitor_effect", "dm_p_model_better",
