@@ -23,7 +23,8 @@ No loops over rows: at most over refit blocks (days).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -126,12 +127,29 @@ def walk_forward_ols(
     return out
 
 
-def residualize(v: np.ndarray, z: np.ndarray) -> np.ndarray:
+def residualize(
+    v: np.ndarray, z: np.ndarray | Callable[[slice], np.ndarray], chunk: int = 1 << 17
+) -> np.ndarray:
     """Residuals of each column of ``v`` (or of ``v`` itself, 1-D) regressed on ``z``: least
-    squares from the normal equations (``z`` has a few dozen columns and millions of rows),
-    pseudo-inverse so that collinear columns of ``z`` do no harm."""
-    beta = np.linalg.pinv(z.T @ z, hermitian=True) @ (z.T @ v)
-    return v - z @ beta
+    squares from the normal equations, pseudo-inverse so that collinear columns of ``z`` do
+    no harm. ``z`` may be a function giving the rows of a slice: with a hundred columns and
+    millions of rows, the normal equations are then accumulated ``chunk`` rows at a time and
+    the whole of ``z`` is never held in memory."""
+    part = z if callable(z) else (lambda sl: z[sl])
+    cuts = [slice(i, min(i + chunk, len(v))) for i in range(0, len(v), chunk)]
+    if not cuts:
+        return v.copy()
+    gram: Any = 0
+    cross: Any = 0
+    for sl in cuts:  # one pass builds both sums
+        zc = part(sl)
+        gram = gram + zc.T @ zc
+        cross = cross + zc.T @ v[sl]
+    beta = np.linalg.pinv(gram, hermitian=True) @ cross
+    out = np.empty_like(v)
+    for sl in cuts:
+        out[sl] = v[sl] - part(sl) @ beta
+    return out
 
 
 def fft_length(n: int) -> int:

@@ -75,6 +75,7 @@ Errors: :class:`engine.errors.InputError` (bad parameters), :class:`engine.error
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -221,12 +222,24 @@ def _row(
     return row
 
 
-def quantile_steps(x: np.ndarray, q: int = 10) -> np.ndarray:
-    """For each column of ``x``, ``q - 1`` indicators ``x > quantile``: with the column itself,
-    a flexible (piecewise) function of it in a linear regression."""
+def _design_rows(
+    sl: slice, xe: np.ndarray, pb: np.ndarray, plain: list[int], edges: np.ndarray
+) -> np.ndarray:
+    """Rows ``sl`` of the adjustment design: the baseline's inputs, its forecast, and the
+    inputs' decile steps (built per chunk: for a year they would take 1.6 GB at once)."""
+    return np.column_stack([xe[sl], pb[sl], quantile_steps(xe[sl][:, plain], edges)])
+
+
+def decile_edges(x: np.ndarray, q: int = 10) -> np.ndarray:
+    """The ``q - 1`` inner quantiles of each column of ``x``, shape ``(q - 1, columns)``."""
     if len(x) == 0:
-        return np.zeros((0, x.shape[1] * (q - 1)))
-    edges = np.quantile(x, np.arange(1, q) / q, axis=0)  # (q - 1, columns)
+        return np.zeros((q - 1, x.shape[1]))
+    return np.quantile(x, np.arange(1, q) / q, axis=0)
+
+
+def quantile_steps(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """For each column of ``x``, the indicators ``x > edge``: with the column itself, a
+    flexible (piecewise) function of it in a linear regression."""
     return (x[:, None, :] > edges[None, :, :]).reshape(len(x), -1).astype(np.float64)
 
 
@@ -269,16 +282,18 @@ def evaluate(
         per_day = max(1, round(p.min_shift_ms / every_ms))
         min_shift = max(min(per_day, len(ev) // 4), 2 * k + max(1, round(HALF_HOUR_MS / every_ms)))
         xe, fe, pe = tp.x[ev, : tp.n_base], tp.x[ev, tp.n_base :], pred[ev]
-        steps = quantile_steps(xe[:, plain])
+        edges = decile_edges(xe[:, plain])
         blocks = np.searchsorted(starts, ev, side="right")  # the refit block of each row
         for mi, metric in enumerate(METRICS):
             ye, pb = y[ev, mi], pe[:, mi, 0]
+
             # The effect is judged beyond the forecast and beyond every input of it, fitted on
             # the evaluation sample: on a short history the walk-forward fit errs most where
             # volatility is extreme, which is where a flag that reads volatility fires. The
             # inputs enter with decile steps too: a flag that is only a threshold on one of
             # them (quiet or busy windows) would otherwise "add" the baseline's nonlinearity.
-            res = residualize(np.column_stack([ye, fe]), np.column_stack([xe, pb, steps]))
+            rows_of = functools.partial(_design_rows, xe=xe, pb=pb, plain=plain, edges=edges)
+            res = residualize(np.column_stack([ye, fe]), rows_of)
             rot = rotation_stats(res[:, 0], fe) if len(ev) else np.zeros((0, len(FLAGS)))
             for j, name in enumerate(FLAGS):
                 rows[(metric, h.label, name)] = _row(

@@ -9,6 +9,8 @@ Covariates (``Design.x``, after an intercept; standardized on the warm-up):
     log trailing mean r^2 over each span (20 s, 5 min, 30 min, 6 h), current window included
     log of the window's own volatility relative to its price (+ realized and Parkinson
         variance when the windows have them), log1p trade count, log1p volume, log |r|
+    r and min(r, 0) (the signed return and its falls), log close (the price level, which
+        the detector sees through volatility in USD): every input of the detector
     log1p trailing mean trade count (30 min)
     sin/cos of one and two daily cycles, weekend (UTC)   -- enter after 7 days of training
 
@@ -191,6 +193,12 @@ def design(w: pl.DataFrame, every_ms: int, p: EvalParams) -> Design:
         if v is not None:
             cov.append(np.log(np.nan_to_num(v, nan=0.0) + floor))
     cov += [np.log1p(tc), np.log1p(volume), np.log(np.abs(r) + np.sqrt(floor))]
+    # What else the detector sees: the signed return (and its negative part: falls are
+    # followed by more volatility than rises) and, through volatility in USD, the price level.
+    rs = np.where(ok, r, 0.0)
+    cov += [rs, np.minimum(rs, 0.0)]
+    if close is not None:
+        cov.append(np.log(np.where(np.isfinite(cff) & (cff > 0), cff, np.nan)))
     cov.append(np.log1p(_trailing(tc, ~gap, windows(p.activity_ms))[0]))
     n_plain = len(cov)
     end = t + every_ms

@@ -431,3 +431,12 @@ def test_a_threshold_on_an_input_is_not_information_on_a_longer_history(side):
         low_p += sum(r["p_value"] < 0.05 for r in model_rows(ev).values())
     assert yes == 0
     assert low_p <= 2  # of 12 p-values (6 seeds x 2 horizons)
+
+
+def test_residuals_from_chunked_normal_equations_equal_the_whole_matrix():
+    rng = np.random.default_rng(9)
+    z = np.column_stack([np.ones(1001), rng.normal(size=(1001, 5))])
+    v = np.column_stack([z @ rng.normal(size=6) + rng.normal(size=1001), rng.normal(size=1001)])
+    whole = residualize(v, z)
+    assert residualize(v, lambda sl: z[sl], chunk=97) == pytest.approx(whole, abs=1e-10)
+    assert abs(whole[:, 0] @ z).max() < 1e-8  # residuals are orthogonal to every column
