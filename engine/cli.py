@@ -136,12 +136,16 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def horizon_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option(
+def horizons_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
         "--horizons",
         default=config.HORIZONS,
         help="Comma-separated horizons, multiples of --every.",
     )(fn)
+
+
+def horizon_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = horizons_option(fn)
     fn = click.option(
         "--baseline",
         type=click.Choice(["trailing", "full"]),
@@ -312,11 +316,7 @@ def horizons(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
 @main.command(context_settings=CONTEXT)
 @store_options
 @model_options
-@click.option(
-    "--horizons",
-    default=config.HORIZONS,
-    help="Comma-separated horizons, multiples of --every.",
-)
+@horizons_option
 @click.option(
     "--windows-csv",
     type=click.Path(dir_okay=False, path_type=Path),
