@@ -137,7 +137,13 @@ class StoreIndex:
             return EMPTY_TRADES
         lo = pl.lit(start_ms * 1000).cast(pl.Datetime("us", "UTC"))
         hi = pl.lit(end_ms * 1000).cast(pl.Datetime("us", "UTC"))
-        t = pl.concat(parts).filter((pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi))
+        t = pl.concat(parts) if len(parts) > 1 else parts[0]
+        first, last = t.select(
+            first=pl.col("trade_time").min().dt.epoch("ms"),
+            last=pl.col("trade_time").max().dt.epoch("ms"),
+        ).row(0)
+        if first is not None and (first < start_ms or last >= end_ms):  # else: a copy for nothing
+            t = t.filter((pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi))
         # Compacted hours come sorted by id, and ids grow with time: if both columns are
         # already in order, sorting by (time, id) would change nothing (and costs a third of
         # a day's scan), so check instead.

@@ -27,7 +27,9 @@ window (high at the ask, low at the bid).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -35,7 +37,14 @@ import polars as pl
 from engine.errors import DataError
 from engine.scan import EMPTY_TRADES, StoreIndex, chunk_bounds
 
-__all__ = ["WINDOW_COLUMNS", "build_windows", "id_gaps", "mark_gaps", "window_features"]
+__all__ = [
+    "WINDOW_COLUMNS",
+    "build_windows",
+    "id_gaps",
+    "mark_gaps",
+    "roll_up",
+    "window_features",
+]
 
 WINDOW_COLUMNS = [
     "window_start",
@@ -69,10 +78,30 @@ def _ts(ms: int) -> pl.Expr:
     return pl.lit(ms * 1000).cast(_UTC)
 
 
-def window_features(trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+def _within(trades: pl.DataFrame, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+    """The trades (sorted by time) with ``lo_ms <= time < hi_ms``, without a copy when all are."""
+    if trades.is_empty():
+        return trades
+    first, last = trades["trade_time"][0], trades["trade_time"][-1]
+    if first >= _dt(lo_ms) and last < _dt(hi_ms):
+        return trades
+    return trades.filter((pl.col("trade_time") >= _ts(lo_ms)) & (pl.col("trade_time") < _ts(hi_ms)))
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=ms)
+
+
+def window_features(
+    trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int, moments: bool = False
+) -> pl.DataFrame:
     """Windows of ``every_ms`` starting at every multiple of it in ``[lo_ms, hi_ms)``
-    (both multiples of ``every_ms``), from trades sorted by time then id."""
-    t = trades.filter((pl.col("trade_time") >= _ts(lo_ms)) & (pl.col("trade_time") < _ts(hi_ms)))
+    (both multiples of ``every_ms``), from trades sorted by time then id. With ``moments``,
+    also ``_dmean`` and ``_var``, the mean and sample variance of the prices less the window's
+    first price: what ``roll_up`` needs to combine volatility exactly."""
+    t = _within(trades, lo_ms, hi_ms)
+    rel = pl.col("price") - pl.col("price").first()  # better conditioned; exactly 0 when flat
+    extra = {"_dmean": rel.mean(), "_var": rel.var(ddof=1)} if moments else {}
     agg = (
         t.set_sorted("trade_time")
         .group_by_dynamic("trade_time", every=f"{every_ms}ms", closed="left", label="left")
@@ -84,16 +113,24 @@ def window_features(trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int)
             high=pl.col("price").max(),
             low=pl.col("price").min(),
             close=pl.col("price").last(),
-            # Shift-invariant, but better conditioned (and exactly 0 for a flat window).
-            volatility=(pl.col("price") - pl.col("price").first()).std(ddof=1),
+            volatility=rel.std(ddof=1),
             # ln of the ratio, not a difference of lns: exactly 0 for an unchanged price, and
             # the SQL build's operations (only the order of the sum differs). The shift stays
             # inside the window: its first trade has no return.
             realized_variance=_square((pl.col("price") / pl.col("price").shift()).log()).sum(),
             buy_volume=pl.col("qty").filter(~pl.col("is_buyer_maker")).sum(),
+            **extra,
         )
         .rename({"trade_time": "window_start"})
     )
+    return _on_grid(agg, every_ms, lo_ms, hi_ms, list(extra))
+
+
+def _on_grid(
+    agg: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int, extra: Sequence[str] = ()
+) -> pl.DataFrame:
+    """The windows with trades (``agg``) on the complete grid, empty windows filled in, and
+    the features derived from the aggregates."""
     grid = pl.DataFrame(
         {
             "window_start": pl.datetime_range(
@@ -118,8 +155,58 @@ def window_features(trades: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int)
             vwap=pl.when(pl.col("volume") > 0).then(pl.col("quote_volume") / pl.col("volume")),
             gap=pl.lit(False),
         )
-        .select(WINDOW_COLUMNS)
+        .select(*WINDOW_COLUMNS, *extra)
     )
+
+
+def roll_up(fine: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+    """Windows of ``every_ms`` in ``[lo_ms, hi_ms)`` from finer windows built with
+    ``moments`` (their size divides ``every_ms``; they cover the span). Equal to building
+    from the trades, up to the order of sums:
+
+    - counts and sums add; open, close, high, low are the first, last, max and min;
+    - volatility combines the finer windows' means and variances (Chan et al.), each taken
+      about the coarse window's open price, so a flat window stays exactly 0;
+    - realized variance adds the finer windows' own and the tick returns between them:
+      from the close of one finer window with trades to the open of the next, in the same
+      coarse window.
+    """
+    key = pl.col("window_start").dt.truncate(f"{every_ms}ms")
+    n = pl.col("trade_count").cast(pl.Float64)
+    f = (
+        fine.filter(
+            (pl.col("trade_count") > 0)
+            & (pl.col("window_start") >= _ts(lo_ms))
+            & (pl.col("window_start") < _ts(hi_ms))
+        )
+        .with_columns(_key=key)
+        .with_columns(
+            _d=(pl.col("open") - pl.col("open").first().over("_key")) + pl.col("_dmean"),
+            _bridge=pl.when(pl.col("_key") == pl.col("_key").shift())
+            .then(_square((pl.col("open") / pl.col("close").shift()).log()))
+            .otherwise(0.0),
+        )
+    )
+    n_all = pl.col("trade_count").sum().cast(pl.Float64)
+    mean_d = (n * pl.col("_d")).sum() / n_all
+    m2 = ((n - 1) * pl.col("_var").fill_null(0.0)).sum() + (n * (pl.col("_d") - mean_d) ** 2).sum()
+    agg = (
+        f.group_by("_key", maintain_order=True)
+        .agg(
+            trade_count=pl.col("trade_count").sum(),
+            volume=pl.col("volume").sum(),
+            quote_volume=pl.col("quote_volume").sum(),
+            open=pl.col("open").first(),
+            high=pl.col("high").max(),
+            low=pl.col("low").min(),
+            close=pl.col("close").last(),
+            volatility=pl.when(n_all > 1).then((m2 / (n_all - 1)).sqrt()),
+            realized_variance=pl.col("realized_variance").sum() + pl.col("_bridge").sum(),
+            buy_volume=pl.col("buy_volume").sum(),
+        )
+        .rename({"_key": "window_start"})
+    )
+    return _on_grid(agg, every_ms, lo_ms, hi_ms)
 
 
 def mark_gaps(
@@ -155,6 +242,21 @@ def id_gaps(trades: pl.DataFrame, prev: tuple[int, int] | None) -> list[tuple[in
     return list(zip(jumps["prev_ms"].to_list(), jumps["ms"].to_list(), strict=True))
 
 
+def _prefetched(index: StoreIndex, bounds: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
+    """``index.load`` of each chunk, the next one read on a thread while the caller works on
+    this one: reading (Parquet decoding) and the aggregation overlap, and at most two chunks
+    are in memory."""
+    if not bounds:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tw-read") as pool:
+        ahead = pool.submit(index.load, *bounds[0])
+        for nxt in bounds[1:]:
+            fresh = ahead.result()
+            ahead = pool.submit(index.load, *nxt)
+            yield fresh
+        yield ahead.result()
+
+
 def build_windows(
     index: StoreIndex,
     everies: Sequence[int],
@@ -166,23 +268,34 @@ def build_windows(
 
     Without ``start_ms``/``end_ms`` the grid runs from the first to the last stored trade.
     Trades are read a day at a time; a window that straddles a chunk boundary is finished
-    with the next chunk, so any size works, including ones that do not divide a day."""
+    with the next chunk, so any size works, including ones that do not divide a day. Only
+    the finest size, and sizes it does not divide, are built from the trades; the others are
+    rolled up from the finest (``roll_up``), which costs next to nothing."""
     first = index.first_hour * 3_600_000 if start_ms is None else start_ms
     end = (index.last_hour + 1) * 3_600_000 if end_ms is None else end_ms
     if end <= first:
         raise DataError("the time range is empty; --end must be after --start")
     # Windows are always complete: from the window holding `first` to the one holding `end - 1`.
-    lo = {e: first // e * e for e in everies}
-    end_all = max(-(-end // e) * e for e in everies)
-    done: dict[int, list[pl.DataFrame]] = {e: [] for e in everies}
+    span = {e: (first // e * e, -(-end // e) * e) for e in everies}
+    fine = min(everies)
+    rolled = [e for e in dict.fromkeys(everies) if e != fine and e % fine == 0]
+    direct = [e for e in dict.fromkeys(everies) if e not in rolled]
+    # The finest size is built over every span it is rolled up into.
+    stop = dict(span)
+    stop[fine] = (
+        min(span[e][0] for e in [fine, *rolled]),
+        max(span[e][1] for e in [fine, *rolled]),
+    )
+    lo = {e: stop[e][0] for e in direct}
+    end_all = max(stop[e][1] for e in direct)
+    done: dict[int, list[pl.DataFrame]] = {e: [] for e in direct}
     carry = EMPTY_TRADES
     prev: tuple[int, int] | None = None
     gaps: list[tuple[int, int]] = list(index.recorded_gaps())
     seen_first: int | None = None
     seen_last: int | None = None
     bounds = list(chunk_bounds(min(lo.values()), end_all))
-    for n, (c_lo, c_hi) in enumerate(bounds):
-        fresh = index.load(c_lo, c_hi)
+    for n, (fresh, (_, c_hi)) in enumerate(zip(_prefetched(index, bounds), bounds, strict=True)):
         gaps += id_gaps(fresh, prev)
         if not fresh.is_empty():
             last_row = fresh.select(
@@ -196,19 +309,31 @@ def build_windows(
             )
             seen_last = prev[1]
         trades = pl.concat([carry, fresh]) if not carry.is_empty() else fresh
-        final = n == len(bounds) - 1
-        for e in everies:
-            hi = -(-end // e) * e if final else c_hi // e * e
+        for e in direct:
+            hi = stop[e][1] if c_hi >= stop[e][1] else c_hi // e * e
             if hi > lo[e]:
-                done[e].append(window_features(trades, e, lo[e], hi))
+                done[e].append(
+                    window_features(trades, e, lo[e], hi, moments=bool(rolled) and e == fine)
+                )
                 lo[e] = hi
         keep_from = min(lo.values())
         carry = trades.filter(pl.col("trade_time") >= _ts(keep_from))
         if progress:
             progress(n + 1, len(bounds))
+    built = {
+        e: pl.concat(done[e]) if done[e] else window_features(EMPTY_TRADES, e, 0, 0, e == fine)
+        for e in direct
+    }
+    for e in rolled:
+        built[e] = roll_up(built[fine], e, *span[e])
     out = {}
     for e in everies:
-        w = pl.concat(done[e]) if done[e] else window_features(carry.clear(), e, 0, 0)
+        lo_e, hi_e = span[e]
+        w = (
+            built[e]
+            .filter((pl.col("window_start") >= _ts(lo_e)) & (pl.col("window_start") < _ts(hi_e)))
+            .select(WINDOW_COLUMNS)
+        )
         if start_ms is None and end_ms is None and seen_first is not None and seen_last is not None:
             w = w.filter(
                 (pl.col("window_start") >= _ts(seen_first // e * e))

@@ -257,3 +257,67 @@ def test_open_hour_ndjson_is_read_and_deduplicated(tmp_path, frames_2024):
     w = build_windows(open_store(tmp_path, "BTCUSDT"), [20_000])[20_000]
     assert w["trade_count"].sum() == 3000 == stored_rows(tmp_path)["trade_id"].n_unique()
     assert layout.hour_dirs(tmp_path)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seconds=st.integers(1, 4000),
+    fine_s=st.sampled_from([1, 2, 5, 10, 20]),
+    factors=st.lists(st.integers(2, 40), min_size=1, max_size=3),
+    seed=st.integers(0, 99),
+    offset=st.integers(0, 59_999),
+    power=st.integers(-3, 3),
+)
+def test_rolled_up_windows_equal_windows_built_from_the_trades(
+    tmp_path_factory, seconds, fine_s, factors, seed, offset, power
+):
+    """A sweep builds the finest size from the trades and rolls the sizes it divides up
+    from it: the same table as building each size alone, up to the order of sums."""
+    root = tmp_path_factory.mktemp("rollup")
+    start = T0 + DAY - 1_800_000 + offset
+    t = tape(start, seconds, 3, seed).with_columns(pl.col("price") * 2.0**power)
+    if t.is_empty():
+        return
+    write_store(root, "SIMUSDT", t)
+    index = open_store(root, "SIMUSDT")
+    sizes = [fine_s * 1000] + [fine_s * 1000 * f for f in factors]
+    end = start + seconds * 1000
+    for lo, hi in ((start, end), (None, None)):
+        swept = build_windows(index, sizes, lo, hi)
+        for e in sizes:
+            alone = build_windows(index, [e], lo, hi)[e]
+            assert_rolled_up_equal(swept[e], alone)
+
+
+def test_rolled_up_flat_windows_stay_exactly_flat(tmp_path):
+    """Every trade at one price: a coarse window's volatility and variances are exactly 0,
+    as the direct build's are (means taken about the window's open, not about 0)."""
+    t = tape(T0 + 3_600_000, 900, 4, 1).with_columns(pl.lit(61_234.57).alias("price"))
+    write_store(tmp_path, "SIMUSDT", t)
+    swept = build_windows(open_store(tmp_path, "SIMUSDT"), [1_000, 60_000])
+    coarse = swept[60_000].filter(pl.col("trade_count") > 1)
+    assert coarse.height > 10
+    for c in ("volatility", "realized_variance", "parkinson_variance", "return"):
+        assert (coarse[c] == 0).all(), c
+
+
+def assert_rolled_up_equal(rolled: pl.DataFrame, alone: pl.DataFrame) -> None:
+    assert rolled.columns == alone.columns
+    exact = ["window_start", "trade_count", "open", "high", "low", "close"]
+    exact += ["parkinson_variance", "return", "gap"]
+    assert rolled.select(exact).equals(alone.select(exact))
+    for c in [
+        "volume",
+        "quote_volume",
+        "buy_volume",
+        "realized_variance",
+        "vwap",
+        "avg_trade_size",
+    ]:
+        a, b = rolled[c].to_numpy(), alone[c].to_numpy()
+        assert (np.isnan(a) & np.isnan(b) | (abs(a - b) <= 1e-12 * abs(b))).all(), c
+    a, b = rolled["volatility"].to_numpy(), alone["volatility"].to_numpy()
+    # The prices' spread is tiny next to their level: combining means costs a few digits.
+    scale = alone["close"].fill_null(0.0).to_numpy()
+    assert (abs(a - b) <= 1e-9 * b + 1e-13 * scale).all()
+    assert ((a == 0) == (b == 0)).all()
