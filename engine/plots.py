@@ -49,19 +49,10 @@ def write_plots(scored: pl.DataFrame, report: dict[str, Any], out: Path) -> list
     paths.append(_save(fig, out / "ratio_by_horizon.png"))
 
     fig, ax = plt.subplots(figsize=(12, 4))
-    ax.plot(
-        scored["window_start"].to_list(),
-        scored["close"].forward_fill().to_list(),
-        lw=0.7,
-        color="black",
-    )
-    flagged = scored.filter(pl.col("prediction") == -1)
+    line, flags = _thinned(scored, 2 * 1200)
+    ax.plot(line["t"].to_numpy(), line["close"].to_numpy(), lw=0.7, color="black")
     ax.scatter(
-        flagged["window_start"].to_list(),
-        flagged["close"].to_list(),
-        s=8,
-        color="tab:red",
-        label="flagged",
+        flags["t"].to_numpy(), flags["close"].to_numpy(), s=8, color="tab:red", label="flagged"
     )
     ax.set_title("price (window close) with flagged windows")
     ax.legend()
@@ -69,7 +60,7 @@ def write_plots(scored: pl.DataFrame, report: dict[str, Any], out: Path) -> list
     paths.append(_save(fig, out / "price_flags.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(scored["score"].drop_nulls().to_list(), bins=60, color="tab:blue")
+    ax.hist(scored["score"].drop_nulls().to_numpy(), bins=60, color="tab:blue")
     ax.axvline(0.0, color="tab:red", lw=1)
     ax.set_title("score distribution (below 0: anomalous)")
     fig.tight_layout()
@@ -89,6 +80,41 @@ def write_plots(scored: pl.DataFrame, report: dict[str, Any], out: Path) -> list
     fig.tight_layout()
     paths.append(_save(fig, out / "flag_rate_by_hour.png"))
     return paths
+
+
+def _thinned(scored: pl.DataFrame, points: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The close line and the flagged windows, at most ``points`` buckets of time each (a
+    year of 20 s windows is 1.6 M points on a 1,200-pixel plot): per bucket the lowest and
+    the highest close, in time order, so the envelope is drawn exactly, and the first
+    flagged window per bucket."""
+    w = scored.select("window_start", pl.col("close").forward_fill(), "prediction").drop_nulls(
+        "close"
+    )
+    if w.is_empty():
+        empty = pl.DataFrame(schema={"t": pl.Datetime("us", "UTC"), "close": pl.Float64})
+        return empty, empty
+    span_us = (w["window_start"][-1] - w["window_start"][0]).total_seconds() * 1e6
+    bucket = max(1, int(span_us // points) + 1)
+    w = w.with_columns(b=pl.col("window_start").dt.epoch("us") // bucket)
+    ends = w.group_by("b", maintain_order=True).agg(
+        pl.col("window_start").get(pl.col("close").arg_min()).alias("t_lo"),
+        pl.col("close").min().alias("lo"),
+        pl.col("window_start").get(pl.col("close").arg_max()).alias("t_hi"),
+        pl.col("close").max().alias("hi"),
+    )
+    line = pl.concat(
+        [
+            ends.select(t="t_lo", close="lo"),
+            ends.select(t="t_hi", close="hi"),
+        ]
+    ).sort("t")
+    flags = (
+        w.filter(pl.col("prediction") == -1)
+        .group_by("b", maintain_order=True)
+        .agg(pl.col("window_start").first().alias("t"), pl.col("close").first())
+        .select("t", "close")
+    )
+    return line, flags
 
 
 def _save(fig, path: Path) -> Path:
