@@ -9,6 +9,7 @@ vanished under DuckDB ("Cannot open file"): a result never undercounts.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shutil
 import sys
@@ -17,11 +18,21 @@ from pathlib import Path
 from engine.errors import DataError, InputError
 from recorder.store import generation, settled_generation
 
-__all__ = ["SQL_DIR", "connect", "find_cli", "interactive", "query_frame"]
+__all__ = ["VIEW_FILES", "connect", "find_cli", "interactive", "query_frame", "sql_file"]
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 VIEW_FILES = ("views.sql", "windows.sql")
 _ATTEMPTS = 20  # runs of one query that keeps meeting a compaction before giving up
+
+
+def sql_file(name: str) -> Path:
+    """The path of one of the SQL scripts shipped with the engine (``views.sql``,
+    ``windows.sql``): package data ``engine/sql/`` of the installed wheel, or in a checkout the
+    top-level ``sql/``, which ``engine/sql`` links to. DataError if the install lacks it."""
+    resource = importlib.resources.files("engine") / "sql" / name
+    if not resource.is_file():
+        raise DataError(f"{name} is missing from the engine package; reinstall tapewatch")
+    # pip unpacks wheels, so the resource is a file on disk that the DuckDB CLI can .read.
+    return Path(str(resource))
 
 
 def _quote(path: Path) -> str:
@@ -36,7 +47,7 @@ def connect(data_dir: Path):
     try:
         con.execute(f"SET VARIABLE data_dir = '{_quote(data_dir)}'")
         for name in VIEW_FILES:
-            con.execute((SQL_DIR / name).read_text())
+            con.execute(sql_file(name).read_text())
     except duckdb.Error as e:
         raise DataError(f"cannot load the views over {data_dir}: {_message(e)}") from None
     return con
@@ -95,5 +106,5 @@ def interactive(data_dir: Path) -> None:
         )
     args = [exe, "-cmd", f"SET VARIABLE data_dir='{_quote(data_dir)}'"]
     for name in VIEW_FILES:
-        args += ["-cmd", f".read {SQL_DIR / name}"]
+        args += ["-cmd", f".read {sql_file(name)}"]
     os.execv(exe, args)

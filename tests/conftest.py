@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakebinance import CAPTURE_2023, CAPTURE_2024, load_frames
 
+from engine.sqlviews import sql_file
 from recorder import layout
 from recorder.config import RecorderConfig
 from recorder.store import read_hour
@@ -80,7 +81,7 @@ def view_query(root: Path, sql: str) -> list[tuple]:
     """Run SQL against sql/views.sql over ``root``, as the stock CLI would."""
     con = duckdb.connect()
     con.execute(f"SET VARIABLE data_dir='{root}'")
-    con.execute((ROOT / "sql" / "views.sql").read_text())
+    con.execute(sql_file("views.sql").read_text())
     return con.execute(sql).fetchall()
 
 

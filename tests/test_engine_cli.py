@@ -300,7 +300,7 @@ def test_help_is_fast_because_heavy_imports_are_lazy():
 
 
 def test_stock_duckdb_cli_reads_the_views_as_the_readme_says(store, tmp_path):
-    from engine.sqlviews import SQL_DIR, find_cli
+    from engine.sqlviews import find_cli, sql_file
 
     cli = find_cli()
     assert cli, "duckdb-cli is a dependency: the DuckDB CLI should be installed"
@@ -315,7 +315,7 @@ def test_stock_duckdb_cli_reads_the_views_as_the_readme_says(store, tmp_path):
                 "-cmd",
                 f"SET VARIABLE data_dir='{data_dir}'",
                 "-cmd",
-                f".read {SQL_DIR / 'views.sql'}",
+                f".read {sql_file('views.sql')}",
                 "-c",
                 "SELECT count(*) AS n FROM trades",
             ],

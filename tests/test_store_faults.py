@@ -25,7 +25,7 @@ from synth import tape, write_store
 
 from engine.cli import main as engine_main
 from engine.scan import open_store
-from engine.sqlviews import SQL_DIR, find_cli, query_frame
+from engine.sqlviews import find_cli, query_frame, sql_file
 from recorder import layout
 from recorder.archive import import_archives
 from recorder.cli import main as recorder_main
@@ -330,7 +330,7 @@ def test_torn_parquet_is_named_flagged_and_repaired_by_refetching(tmp_path):
             "-cmd",
             f"SET VARIABLE data_dir='{tmp_path}'",
             "-cmd",
-            f".read {SQL_DIR / 'views.sql'}",
+            f".read {sql_file('views.sql')}",
             "-c",
             "SELECT count(*) AS n FROM gaps",
         ],
