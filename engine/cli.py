@@ -6,122 +6,133 @@ Heavy libraries (Polars, scikit-learn, SciPy) are imported inside the commands s
 
 from __future__ import annotations
 
-import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from engine import config
-from engine.durations import parse_duration, parse_durations, parse_time
+from engine.durations import parse_time
 from engine.errors import EngineError, InputError
+from recorder import cliutil
+from recorder.cliutil import data_dir_option
+from recorder.errors import RecorderError
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
-
-
-DATA_DIR_OPTION = click.option(
-    "--data-dir",
-    envvar="TAPEWATCH_DATA_DIR",
-    default="./data",
-    type=click.Path(path_type=Path),
-    help="The store (env TAPEWATCH_DATA_DIR).",
-)
+CONTEXT = cliutil.CONTEXT
+_errors = cliutil.errors(EngineError, RecorderError)
 
 
-def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from recorder.errors import RecorderError
+class _SettingType(click.ParamType):
+    """A row of ``config.SETTINGS`` as a click type: a value that cannot be read or is out of
+    range is one ``Error:`` line (exit 1) naming the option, or the environment variable it
+    came from, before any work starts."""
 
+    def __init__(self, setting: config.Setting, many: bool = False):
+        self.s = setting
+        self.many = many
+        self.name = {"int": "integer", "float": "float", "text": "text"}.get(
+            setting.kind, setting.kind
+        )
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # a default already read, or a value given in code
+        label = self.s.option
+        name = param.name if param is not None else None
+        if ctx and name and ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT:
+            label = _env(self.s)
         try:
-            return fn(*args, **kwargs)
-        except (EngineError, RecorderError) as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(1)
-
-    return wrapper
+            return self.s.parse(value, label, many=self.many)
+        except InputError as e:
+            raise click.ClickException(str(e)) from None
 
 
-def _progress():
-    """A progress callback drawing a bar on stderr when it is a terminal."""
-    if not sys.stderr.isatty():
-        return lambda stage, done, total: None
-    from rich.console import Console
-    from rich.progress import Progress
+class _Time(click.ParamType):
+    name = "time"
 
-    bar = Progress(transient=True, console=Console(stderr=True))
-    tasks: dict[str, Any] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if not bar.live.is_started:
-            bar.start()
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-        if all(t.finished for t in bar.tasks):
-            bar.stop()
-
-    return update
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return value if isinstance(value, int) else parse_time(value)
+        except InputError as e:
+            raise click.ClickException(str(e)) from None
 
 
-def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed(
-        [
-            DATA_DIR_OPTION,
-            click.option("--symbol", default="BTCUSDT", help="Symbol, any case."),
-            click.option("--every", default=config.EVERY, help="Window size: 250ms, 20s, 5m, 1h."),
-            click.option(
-                "--start",
-                default=None,
-                help="First window (ISO 8601, UTC); default: the first trade.",
-            ),
-            click.option(
-                "--end",
-                default=None,
-                help="End, exclusive (ISO 8601, UTC); default: the last trade.",
-            ),
-        ]
-    ):
-        fn = opt(fn)
-    return fn
+def _env(s: config.Setting) -> str:
+    return cliutil.ENGINE_ENV_PREFIX + s.name.upper()
 
 
-def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed(
-        [
-            click.option(
-                "--buffer",
-                default=config.BUFFER,
-                help="Windows per training set (first model after this many).",
-            ),
-            click.option(
-                "--retrain-every", default=config.RETRAIN_EVERY, help="Windows between refits."
-            ),
-            click.option(
-                "--contamination",
-                default=config.CONTAMINATION,
-                help="Isolation Forest contamination.",
-            ),
-            click.option("--trees", default=config.TREES, help="Trees per forest."),
-            click.option("--seed", default=config.SEED, help="Random seed (every refit uses it)."),
-            click.option(
-                "--features",
-                default=",".join(config.FEATURES),
-                help="Comma-separated window features.",
-            ),
-            click.option("--jobs", default=config.JOBS, help="Parallel refits (processes)."),
-            click.option(
-                "--backend",
-                type=click.Choice(["sklearn", "numpy"]),
-                default=config.BACKEND,
-                help="Isolation Forest: sklearn (reference) or numpy (faster, not bit-identical).",
-            ),
-        ]
-    ):
-        fn = opt(fn)
-    return fn
+def _option(name: str, many: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """The click option of setting ``name``: flag, default, help and environment variable
+    from ``config.SETTINGS``."""
+    s = config.SETTING[name]
+    if s.kind == "choice":
+        kind: click.ParamType = click.Choice(s.choices)
+    elif s.kind == "symbol":
+        kind = cliutil.SYMBOL
+    else:
+        kind = _SettingType(s, many)
+    return click.option(
+        s.option,
+        s.name,
+        type=kind,
+        default=s.default,
+        envvar=_env(s),
+        show_envvar=True,
+        help=s.help
+        + (" Comma-separated for a grid." if many else "")
+        + (f" Range: {s.bounds}." if s.bounds else ""),
+    )
+
+
+def _options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed(names):
+            fn = _option(name)(fn)
+        return fn
+
+    return decorate
+
+
+def _range_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--end",
+        type=_Time(),
+        default=None,
+        help="End, exclusive (ISO 8601, UTC); default: the last trade.",
+    )(fn)
+    return click.option(
+        "--start",
+        type=_Time(),
+        default=None,
+        help="First window (ISO 8601, UTC); default: the first trade.",
+    )(fn)
+
+
+def _store_options(grid: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The store, symbol, window size (``grid``: a comma-separated list) and range."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = _option("max_windows")(fn)
+        fn = _range_options(fn)
+        fn = _option("every", many=grid)(fn)
+        fn = _option("symbol")(fn)
+        return data_dir_option(fn)
+
+    return decorate
+
+
+store_options = _store_options(grid=False)
+
+
+# The fields of engine.model.ModelParams; the commands' model options add --jobs.
+_MODEL = ("buffer", "retrain_every", "contamination", "trees", "seed", "features", "backend")
+model_options = _options(
+    "buffer", "retrain_every", "contamination", "trees", "seed", "features", "jobs", "backend"
+)
+horizons_option = _options("horizons")
+horizon_options = _options("horizons", "baseline", "reps")
 
 
 def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,55 +147,71 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def horizons_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--horizons",
-        default=config.HORIZONS,
-        help="Comma-separated horizons, multiples of --every.",
-    )(fn)
-
-
-def horizon_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = horizons_option(fn)
-    fn = click.option(
-        "--baseline",
-        type=click.Choice(["trailing", "full"]),
-        default=config.BASELINE,
-        help="Volatility baseline; full is look-ahead (prototype).",
-    )(fn)
-    return click.option("--reps", default=config.REPS, help="Bootstrap replicates.")(fn)
-
-
 def settings(kw: dict[str, Any]):
+    """The run's Settings from the commands' options (already read and range-checked), with
+    the checks that need more than one option: horizons against the window size."""
     from engine.model import ModelParams
-    from engine.pipeline import DEFAULT_HORIZONS, Settings
+    from engine.pipeline import Settings
 
-    model = ModelParams(
-        buffer=kw.get("buffer", config.BUFFER),
-        retrain_every=kw.get("retrain_every", config.RETRAIN_EVERY),
-        contamination=kw.get("contamination", config.CONTAMINATION),
-        trees=kw.get("trees", config.TREES),
-        seed=kw.get("seed", config.SEED),
-        backend=kw.get("backend", config.BACKEND),
-        features=tuple(
-            f.strip() for f in kw.get("features", ",".join(config.FEATURES)).split(",") if f.strip()
-        ),
-    )
-    from engine.scan import parse_symbol
-
-    symbol = parse_symbol(kw["symbol"])
+    model = ModelParams(**{k: kw[k] for k in _MODEL if k in kw})
+    every_ms = kw["every"]
+    horizons = kw.get("horizons") or config.SETTING["horizons"].parse(config.HORIZONS)
+    if "horizons" in kw:
+        _check_horizons(horizons, every_ms)
     return Settings(
         data_dir=kw["data_dir"],
-        symbol=symbol,
-        every_ms=parse_duration(kw["every"]),
-        start_ms=parse_time(kw["start"]) if kw.get("start") else None,
-        end_ms=parse_time(kw["end"]) if kw.get("end") else None,
+        symbol=kw["symbol"],
+        every_ms=every_ms,
+        start_ms=kw.get("start"),
+        end_ms=kw.get("end"),
         model=model,
-        horizons=tuple(parse_durations(kw["horizons"])) if kw.get("horizons") else DEFAULT_HORIZONS,
+        horizons=horizons,
         baseline=kw.get("baseline", config.BASELINE),
         jobs=kw.get("jobs", config.JOBS),
         reps=kw.get("reps", config.REPS),
     )
+
+
+def _check_horizons(horizons: tuple[tuple[str, int], ...], every_ms: int) -> None:
+    from engine.durations import format_ms
+    from engine.horizons import horizons_for
+
+    for h in horizons_for(horizons, every_ms):  # InputError unless multiples of the window
+        if h.k > config.MAX_HORIZON_WINDOWS:
+            raise InputError(
+                f"horizon {h.label} is {h.k:,} windows of {format_ms(every_ms)}; at most "
+                f"{config.MAX_HORIZON_WINDOWS:,} windows per horizon: give a shorter horizon "
+                "or a larger --every"
+            )
+
+
+def _check_grid(s: Any, max_windows: int, everies: list[int] | None = None) -> None:
+    """Refuse, before reading a trade, a window grid too big to build (see
+    ``config.window_count_problem``); the range defaults to the stored hours."""
+    from engine.scan import open_store
+
+    index = open_store(s.data_dir, s.symbol)  # DataError: no store, unknown symbol
+    first = index.first_hour * 3_600_000 if s.start_ms is None else s.start_ms
+    end = (index.last_hour + 1) * 3_600_000 if s.end_ms is None else s.end_ms
+    explicit = s.start_ms is not None or s.end_ms is not None
+    problem = config.window_count_problem(
+        everies or [s.every_ms], first, end, max_windows, explicit
+    )
+    if problem:
+        raise InputError(problem)
+
+
+def _check_output(output: Path | None) -> None:
+    """Refuse an ``--output`` of unknown format, or one that cannot be written, up front."""
+    if output is None:
+        return
+    from engine.output import FORMATS
+
+    if output.suffix.lower().lstrip(".") not in {"parquet", *FORMATS} - {"table"}:
+        raise InputError(
+            f"cannot tell the format of {output}; end it in .parquet, .csv, .json or .ndjson"
+        )
+    cliutil.check_writable(output, "--output")
 
 
 def print_report(report: dict[str, Any], fmt: str, output: Path | None) -> None:
@@ -235,11 +262,24 @@ def print_verdict(ev: dict[str, Any]) -> None:
 def main() -> None:
     """Rebuild windows, walk-forward scores and horizon comparisons from the stored trades.
 
+    Settings can also come from environment variables, TAPEWATCH_ENGINE_ + the option's name
+    (TAPEWATCH_ENGINE_EVERY, TAPEWATCH_ENGINE_BUFFER ...; the store from TAPEWATCH_DATA_DIR),
+    shown in each command's --help; an unknown TAPEWATCH_* variable is refused.
+
     \b
     Example:
       engine run --data-dir data --symbol btcusdt --every 20s
       engine horizons --data-dir data --every 30s --horizons 1m,5m
     """
+    cliutil.check_environment(_known_variables)
+
+
+def _known_variables() -> set[str]:
+    """Every TAPEWATCH_* variable the engine or the recorder reads (one environment)."""
+    from recorder.cli import ENV_PREFIX
+    from recorder.cli import main as recorder_main
+
+    return cliutil.env_names(main) | cliutil.env_names(recorder_main, ENV_PREFIX)
 
 
 @main.command(context_settings=CONTEXT)
@@ -256,7 +296,12 @@ def windows(fmt: str, output: Path | None, **kw: Any) -> None:
     from engine.output import emit_table
     from engine.pipeline import load_windows
 
-    emit_table(load_windows(settings(kw), _progress()), fmt, output)
+    s = settings(kw)
+    _check_output(output)
+    _check_grid(s, kw["max_windows"])
+    with cliutil.progress() as progress:
+        table = load_windows(s, progress)
+    emit_table(table, fmt, output)
 
 
 @main.command(context_settings=CONTEXT)
@@ -275,8 +320,10 @@ def score(fmt: str, output: Path | None, **kw: Any) -> None:
     from engine.pipeline import flag_rate, load_windows, score_windows
 
     s = settings(kw)
-    progress = _progress()
-    scored = score_windows(s, load_windows(s, progress), progress)
+    _check_output(output)
+    _check_grid(s, kw["max_windows"])
+    with cliutil.progress() as progress:
+        scored = score_windows(s, load_windows(s, progress), progress)
     n = int(scored["prediction"].is_not_null().sum())
     click.echo(f"flag rate {flag_rate(scored):.2%} of {n} scored windows", err=True)
     emit_table(scored, fmt, output)
@@ -305,11 +352,13 @@ def horizons(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
     from engine.pipeline import horizon_report, load_windows, prototype_report, score_windows
 
     s = settings(kw)
+    _check_output(output)
     if windows_csv is not None:
         report = prototype_report(windows_csv, s.every_ms, s.horizons, s.baseline, s.reps)
     else:
-        progress = _progress()
-        report = horizon_report(s, score_windows(s, load_windows(s, progress), progress))
+        _check_grid(s, kw["max_windows"])
+        with cliutil.progress() as progress:
+            report = horizon_report(s, score_windows(s, load_windows(s, progress), progress))
     print_report(report, fmt, output)
 
 
@@ -346,11 +395,14 @@ def evaluate(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
     from engine.pipeline import load_windows, score_windows
 
     s = settings(kw)
+    _check_output(output)
     if windows_csv is not None:
         ev = evaluate_csv(windows_csv, s.every_ms, s.horizons)
     else:
-        progress = _progress()
-        ev = evaluate_scored(s, score_windows(s, load_windows(s, progress), progress))
+        _check_grid(s, kw["max_windows"])
+        cliutil.check_writable(s.data_dir / "results", "the ledger's folder", directory=True)
+        with cliutil.progress() as progress:
+            ev = evaluate_scored(s, score_windows(s, load_windows(s, progress), progress))
     for note in ev.notes:
         click.echo(f"note: {note}", err=True)
     rows = pl.DataFrame(ev.rows, infer_schema_length=None)
@@ -426,9 +478,16 @@ def run(
     Example:
       engine run --data-dir data --symbol btcusdt --every 20s --horizons 1m,5m,15m,30m
     """
+    from engine.pipeline import results_dir_for
     from engine.pipeline import run as run_all
 
-    report, out = run_all(settings(kw), results, _progress(), plots=not no_plots or with_report)
+    s = settings(kw)
+    _check_output(output)
+    _check_grid(s, kw["max_windows"])
+    cliutil.check_writable(results or results_dir_for(s), "--results", directory=True)
+    cliutil.check_writable(s.data_dir / "results", "the ledger's folder", directory=True)
+    with cliutil.progress() as progress:
+        report, out = run_all(s, results, progress, plots=not no_plots or with_report)
     if fmt == "table" and output is None:
         print_verdict(report["evaluate"])
         click.echo("\nThe prototype's view, for comparison (not a test of the question):")
@@ -475,32 +534,16 @@ def report(results: Path, output: Path | None) -> None:
     """
     from engine.report import write_report
 
+    cliutil.check_writable(output or results / "report.html", "--output")
     click.echo(str(write_report(results, output)))
 
 
 @main.command(context_settings=CONTEXT)
-@DATA_DIR_OPTION
-@click.option("--symbol", default="SIMUSDT", help="Symbol to write the tape under.")
-@click.option("--days", default=3.0, help="Days of simulated trading.")
-@click.option("--seed", default=7, help="Random seed (same seed, same tape).")
-@click.option(
-    "--scenario",
-    # engine.simulate.SCENARIOS and PRECURSOR_LEAD_S, spelt out here: the CLI does not
-    # import numpy to show --help.
-    type=click.Choice(["calibration", "precursor"]),
-    default="calibration",
-    help="calibration: nothing announces the events (anticipation must score at chance); "
-    "precursor: adds volatility bursts announced by raised activity --lead seconds before.",
-)
-@click.option(
-    "--lead",
-    "lead_s",
-    default=120,
-    help="Seconds by which each precursor comes before its volatility burst (precursor only).",
-)
+@data_dir_option
+@_options("sim_symbol", "sim_days", "sim_seed", "scenario", "lead")
 @_errors
 def simulate(
-    data_dir: Path, symbol: str, days: float, seed: int, scenario: str, lead_s: int
+    data_dir: Path, sim_symbol: str, sim_days: float, sim_seed: int, scenario: str, lead: int
 ) -> None:
     """Write a synthetic BTCUSDT-like tape with known regime shifts into the store.
 
@@ -515,16 +558,10 @@ def simulate(
     """
     import time as _time
 
-    from engine.scan import parse_symbol
     from engine.simulate import write_simulation
 
-    symbol = parse_symbol(symbol)
-    if not 0 < days <= 400:
-        raise InputError("--days must be in (0, 400]")
-    if not 20 <= lead_s <= 1800:
-        raise InputError("--lead must be between 20 and 1800 seconds")
     t0 = _time.monotonic()
-    truth = write_simulation(data_dir, symbol, days, seed, scenario, lead_s)
+    truth = write_simulation(data_dir, sim_symbol, sim_days, sim_seed, scenario, lead)
     kinds: dict[str, int] = {}
     for e in truth["events"]:
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
@@ -532,13 +569,13 @@ def simulate(
         f"simulated {truth['symbol']}: {truth['trades']:,} trades, "
         f"{truth['start']} .. {truth['end']}, "
         f"{', '.join(f'{v} {k}s' for k, v in kinds.items())}"
-        + (f", precursors {lead_s} s ahead" if scenario == "precursor" else "")
+        + (f", precursors {lead} s ahead" if scenario == "precursor" else "")
         + f" ({_time.monotonic() - t0:.1f} s)"
     )
 
 
 @main.command(context_settings=CONTEXT)
-@store_options
+@_store_options(grid=True)
 @model_options
 @horizon_options
 @output_options
@@ -552,21 +589,22 @@ def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
     """
     from engine.pipeline import sweep as run_sweep
 
-    everies = [ms for _, ms in parse_durations(kw["every"])]
-    print_report(run_sweep(settings({**kw, "every": "20s"}), everies, _progress()), fmt, output)
+    everies = [ms for _, ms in kw["every"]]
+    s = settings({**kw, "every": everies[0]})
+    for e in everies[1:]:
+        _check_horizons(s.horizons, e)
+    _check_output(output)
+    _check_grid(s, kw["max_windows"], everies)
+    with cliutil.progress() as progress:
+        report = run_sweep(s, everies, progress)
+    print_report(report, fmt, output)
 
 
 @main.command(context_settings=CONTEXT)
-@DATA_DIR_OPTION
-@click.option("--symbol", default="BTCUSDT", help="Symbol, any case.")
-@click.option("--every", default=config.EVERY, help="Window size: 250ms, 20s, 5m, 1h.")
+@data_dir_option
+@_options("symbol", "every", "max_windows")
 @model_options
-@click.option(
-    "--grace",
-    default="2s",
-    help="Wait this long (exchange time) after a window ends, for late trades.",
-)
-@click.option("--poll", default=0.2, help="Seconds between looks at the store.")
+@_options("grace", "poll")
 @click.option(
     "--format",
     "fmt",
@@ -574,40 +612,18 @@ def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
     default="table",
     help="One line per window, for people or machines.",
 )
-@click.option(
-    "--on-anomaly", default=None, help="Command to run for a flagged window (window JSON on stdin)."
-)
-@click.option(
-    "--webhook", default=None, help="URL to POST a flagged window's JSON to (with retries)."
-)
-@click.option("--webhook-tries", default=config.WEBHOOK_TRIES, help="Tries per alert (1-10).")
-@click.option(
-    "--hook-timeout",
-    default=config.HOOK_TIMEOUT,
-    help="Seconds one webhook request (reply included) or --on-anomaly run may take, in all.",
-)
-@click.option(
-    "--alert-queue-max",
-    default=config.ALERT_QUEUE_MAX,
-    help="Alerts waiting for or in delivery; more are dropped (and counted).",
-)
-@click.option(
-    "--metrics-addr",
-    default=None,
-    help="Serve Prometheus metrics on HOST:PORT (port 0: any free port, logged); default off.",
-)
+@_options("on_anomaly", "webhook", "webhook_tries", "hook_timeout", "alert_queue_max")
+@_options("metrics_addr")
 @click.option(
     "--results",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Results file; default DATA_DIR/results/SYMBOL-EVERY-watch/scores.ndjson.",
 )
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
-)
+@cliutil.log_level_option(envvar=cliutil.ENGINE_ENV_PREFIX + "LOG_LEVEL")
 @_errors
 def watch(
-    grace: str,
+    grace: int,
     poll: float,
     fmt: str,
     on_anomaly: str | None,
@@ -630,14 +646,13 @@ def watch(
       engine watch --data-dir data --symbol btcusdt --every 20s --webhook http://localhost:9000/hook
       engine watch --data-dir data --symbol btcusdt --metrics-addr 127.0.0.1:9109
     """
-    import logging
     import signal
 
-    from engine.watch import Watcher, WatchOptions
+    from engine.watch import Watcher, WatchOptions, results_path
     from recorder.sdnotify import Notifier
 
     opts = WatchOptions(
-        grace_ms=parse_duration(grace),
+        grace_ms=grace,
         poll=poll,
         fmt=fmt,
         on_anomaly=on_anomaly,
@@ -648,12 +663,11 @@ def watch(
         metrics_addr=metrics_addr,
         results=results,
     )
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    w = Watcher(settings(kw), opts, notifier=Notifier())
+    s = settings(kw)
+    cliutil.check_writable(results or results_path(s), "--results")
+    _check_grid(s, kw["max_windows"])
+    cliutil.setup_logging(log_level)
+    w = Watcher(s, opts, notifier=Notifier())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop_event.set())
     w.run()
@@ -661,7 +675,7 @@ def watch(
 
 @main.command(context_settings=CONTEXT)
 @click.argument("query", required=False)
-@DATA_DIR_OPTION
+@data_dir_option
 @output_options
 @_errors
 def sql(query: str | None, data_dir: Path, fmt: str, output: Path | None) -> None:
@@ -669,10 +683,16 @@ def sql(query: str | None, data_dir: Path, fmt: str, output: Path | None) -> Non
 
     With no QUERY, open the DuckDB shell with the views loaded (needs the DuckDB CLI).
 
+    A trusted local shell, like the DuckDB CLI: the SQL runs with your rights and can read
+    and write any file you can (COPY ... TO, read_text('/etc/hostname'), ATTACH). Run only
+    queries you would run in the DuckDB CLI; never pass it SQL from someone else.
+
     \b
     Example:
       engine sql "SELECT symbol, count(*) FROM trades GROUP BY 1" --data-dir data
     """
+    cliutil.require_store(data_dir)
+    _check_output(output)
     from engine.sqlviews import interactive, query_frame
 
     if query is None:

@@ -66,25 +66,25 @@ _LOOK_MS = 3 * 3_600_000  # trades read ahead of the next window per look at the
 _JOIN_TIMEOUT = 2.0  # seconds to wait for the alert thread once its work is cancelled
 _T = TypeVar("_T")
 
-# (option, lowest, highest, unit) of each checked setting of WatchOptions. The bounds keep a
-# setting where it means something: no busy loop, no unbounded queue, no retry storm.
-_RANGES: dict[str, tuple[str, float, float, str]] = {
-    "grace_ms": ("--grace", 0, 3_600_000, " ms"),
-    "poll": ("--poll", 0.01, 60.0, " s"),
-    "webhook_tries": ("--webhook-tries", 1, 10, ""),
-    "hook_timeout": ("--hook-timeout", 0.1, 300.0, " s"),
-    "alert_queue_max": ("--alert-queue-max", 1, 100_000, ""),
-    "retry_delay": ("retry_delay", 0.0, 60.0, " s"),
-    "stop_grace": ("stop_grace", 0.0, 3.0, " s"),
+# WatchOptions fields checked against the engine's settings table (engine/config.py), whose
+# ranges keep each where it means something: no busy loop, no unbounded queue, no retry storm.
+_SETTINGS = {
+    "grace_ms": "grace",
+    "poll": "poll",
+    "webhook_tries": "webhook_tries",
+    "hook_timeout": "hook_timeout",
+    "alert_queue_max": "alert_queue_max",
 }
+# (lowest, highest) seconds of the knobs that are not options (tests shrink them).
+_RANGES: dict[str, tuple[float, float]] = {"retry_delay": (0.0, 60.0), "stop_grace": (0.0, 3.0)}
 
 
 @dataclass
 class WatchOptions:
     """How ``engine watch`` runs; out-of-range values raise InputError."""
 
-    grace_ms: int = 2000  # wait this long (exchange time, ms) after a window ends
-    poll: float = 0.2  # seconds between looks at the store
+    grace_ms: int = config.SETTING["grace"].parse(config.GRACE)  # ms, exchange time
+    poll: float = config.POLL  # seconds between looks at the store
     fmt: str = "table"  # or "ndjson"
     on_anomaly: str | None = None  # shell command, the window's JSON line on stdin
     webhook: str | None = None  # http(s) URL to POST the window's JSON line to
@@ -98,14 +98,16 @@ class WatchOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, (option, lo, hi, unit) in _RANGES.items():
+        for name, setting in _SETTINGS.items():
+            config.SETTING[setting].check(getattr(self, name))
+        for name, (lo, hi) in _RANGES.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not lo <= value <= hi:
                 raise InputError(
-                    f"{option} {value:g}{unit} is out of range: "
-                    f"give a value between {lo:g} and {hi:g}{unit}"
+                    f"{name} {value:g} s is out of range: give a value between {lo:g} and {hi:g} s"
                 )
         if self.webhook is not None:
+            config.SETTING["webhook"].parse(self.webhook)
             try:
                 url = httpx.URL(self.webhook)
             except httpx.InvalidURL as e:
@@ -482,7 +484,12 @@ class Alerter:
         self._task = asyncio.current_task()
         if self._closing:  # closed before this loop ran: nothing to wait for
             return
-        client = httpx.AsyncClient(timeout=self.o.hook_timeout) if self.o.webhook else None
+        client = (
+            # A redirect is never followed: httpx would resend the POST as a bodiless GET.
+            httpx.AsyncClient(timeout=self.o.hook_timeout, follow_redirects=False)
+            if self.o.webhook
+            else None
+        )
         try:
             while True:
                 alert = await self._queue.get()
@@ -544,7 +551,8 @@ class Alerter:
 
     async def _post(self, client: httpx.AsyncClient, url: str, body: bytes) -> bool:
         """POST ``body``; each try must complete (reply read in full) within
-        ``hook_timeout`` seconds. 5xx, 408, 429 and network errors are tried again."""
+        ``hook_timeout`` seconds. 5xx, 408, 429 and network errors are tried again; a
+        redirect (3xx) is a failed delivery, not followed."""
         tries = self.o.webhook_tries
         for attempt in range(1, tries + 1):
             try:
@@ -555,6 +563,11 @@ class Alerter:
                 if r.is_success:
                     return True
                 why = f"HTTP {r.status_code}"
+                if r.is_redirect:
+                    why += (
+                        f", a redirect to {r.headers['location']}: not followed (the alert "
+                        "would arrive without its body); give --webhook the final URL"
+                    )
                 again = r.status_code >= 500 or r.status_code in (408, 429)
             except TimeoutError:
                 why, again = f"no complete reply within {self.o.hook_timeout:g} s", True

@@ -548,7 +548,9 @@ def fetch_archives(
         url = f"{base_url.rstrip('/')}/data/spot/daily/trades/{sym}/{name}"
         day += timedelta(days=1)
         try:
-            want = exchange.fetch_text(url + ".CHECKSUM").split()[0].lower()
+            want = _checksum(exchange.fetch_text(url + ".CHECKSUM"), url + ".CHECKSUM")
+        except UnicodeDecodeError:
+            raise ArchiveError(_not_a_checksum(url + ".CHECKSUM", "not UTF-8 text")) from None
         except exchange.NotPublished:
             res.not_published.append(name)
             continue
@@ -580,6 +582,25 @@ def fetch_archives(
     if ready:
         res.imported = import_archives(root, ready, sym, progress)
     return res
+
+
+def _checksum(text: str, url: str) -> str:
+    """The sha256 of a .CHECKSUM file (``"<64 hex digits>  BTCUSDT-trades-2024-08-08.zip"``);
+    ArchiveError for anything else (an empty reply, an error page)."""
+    words = text.split()
+    if not words:
+        raise ArchiveError(_not_a_checksum(url, "empty"))
+    want = words[0].lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise ArchiveError(_not_a_checksum(url, f"it starts {text.strip()[:40]!r}"))
+    return want
+
+
+def _not_a_checksum(url: str, why: str) -> str:
+    return (
+        f"{url} is not a sha256 checksum ({why}); nothing was imported: "
+        "check --base-url, or run again later"
+    )
 
 
 def _sha256(path: Path) -> str:

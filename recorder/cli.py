@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import logging
-import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,61 +9,15 @@ from typing import Any
 
 import click
 
-from recorder import __version__, config
+from recorder import __version__, cliutil, config
+from recorder.cliutil import SYMBOL, SYMBOLS, data_dir_option
 from recorder.errors import ConfigError, RecorderError
 
-CONTEXT = {
-    "help_option_names": ["-h", "--help"],
-    "auto_envvar_prefix": "TAPEWATCH",
-    "show_default": True,
-}
-_SYMBOL = re.compile(r"^[A-Za-z0-9]+$")
-
-
-def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Library errors become one ``Error:`` line and exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RecorderError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
-def parse_symbols(text: str) -> tuple[str, ...]:
-    """``"btcusdt, ETHusdt"`` -> ``("BTCUSDT", "ETHUSDT")``; ConfigError for anything else."""
-    out = []
-    for part in text.split(","):
-        s = part.strip()
-        if not _SYMBOL.fullmatch(s):
-            raise ConfigError(
-                f"symbol {s!r} is not alphanumeric; give symbols like --symbols btcusdt,ethusdt"
-            )
-        if s.upper() not in out:
-            out.append(s.upper())
-    return tuple(out)
-
-
-def _data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--data-dir",
-        envvar="TAPEWATCH_DATA_DIR",
-        default=config.DEFAULT_DATA_DIR,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="The store (env TAPEWATCH_DATA_DIR).",
-    )(fn)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+# click's auto_envvar_prefix: every option also reads TAPEWATCH_ + its parameter's name in
+# capitals (TAPEWATCH_FSYNC_INTERVAL, TAPEWATCH_SYMBOLS), shown in --help (show_envvars).
+ENV_PREFIX = "TAPEWATCH"
+CONTEXT = {**cliutil.CONTEXT, "auto_envvar_prefix": ENV_PREFIX}
+_errors = cliutil.errors(RecorderError)
 
 
 @click.group(context_settings=CONTEXT)
@@ -75,11 +25,18 @@ def _setup_logging(level: str) -> None:
 def main() -> None:
     """Record Binance spot trades, every one of them, to hourly files.
 
+    Options can also come from environment variables (TAPEWATCH_SYMBOLS,
+    TAPEWATCH_FSYNC_INTERVAL ...), named in each command's --help; an unknown TAPEWATCH_*
+    variable is refused. The engine's variables start with TAPEWATCH_ENGINE_.
+
     \b
     Example:
       recorder run --symbols btcusdt,ethusdt --data-dir data
       recorder status --data-dir data
     """
+    cliutil.check_environment(
+        lambda: cliutil.env_names(main, ENV_PREFIX), others=(cliutil.ENGINE_ENV_PREFIX,)
+    )
 
 
 def _setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,9 +54,12 @@ def _setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command(context_settings=CONTEXT)
 @click.option(
-    "--symbols", required=True, help="Comma-separated symbols, any case (env TAPEWATCH_SYMBOLS)."
+    "--symbols",
+    type=SYMBOLS,
+    required=True,
+    help="Comma-separated symbols, any case.",
 )
-@_data_dir_option
+@data_dir_option
 @click.option(
     "--ws-url", default=config.DEFAULT_WS_URL, help="Stream host; /stream?streams=... is appended."
 )
@@ -110,11 +70,9 @@ def _setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108); off by default.",
 )
 @_setting_options
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
-)
+@cliutil.log_level_option()
 @_errors
-def run(symbols: str, data_dir: Path, log_level: str, **tunables: Any) -> None:
+def run(symbols: tuple[str, ...], data_dir: Path, log_level: str, **tunables: Any) -> None:
     """Stream trades of SYMBOLS into the store until SIGTERM or SIGINT.
 
     The stream must open at start; REST (backfill only) may be down: the recorder records
@@ -126,13 +84,13 @@ def run(symbols: str, data_dir: Path, log_level: str, **tunables: Any) -> None:
     """
     from recorder.service import run as run_recorder
 
-    _setup_logging(log_level)
-    cfg = config.RecorderConfig(symbols=parse_symbols(symbols), data_dir=data_dir, **tunables)
+    cliutil.setup_logging(log_level)
+    cfg = config.RecorderConfig(symbols=symbols, data_dir=data_dir, **tunables)
     run_recorder(cfg)
 
 
 @main.command(context_settings=CONTEXT)
-@_data_dir_option
+@data_dir_option
 @click.option(
     "--grace",
     type=float,
@@ -196,7 +154,7 @@ def compact(data_dir: Path, grace: float, everything: bool, repair: bool) -> Non
 
 
 @main.command(context_settings=CONTEXT)
-@_data_dir_option
+@data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @_errors
 def status(data_dir: Path, fmt: str) -> None:
@@ -211,8 +169,7 @@ def status(data_dir: Path, fmt: str) -> None:
 
     from recorder.status import store_status
 
-    if not data_dir.is_dir():
-        raise ConfigError(f"no store at {data_dir}; pass --data-dir where `recorder run` writes")
+    cliutil.require_store(data_dir)
     report = store_status(data_dir)
     if fmt == "json":
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
@@ -221,6 +178,9 @@ def status(data_dir: Path, fmt: str) -> None:
     click.echo(
         f"store {report['data_dir']}: recorder {running}; {report['rejects']} rejected frames"
     )
+    if not report["symbols"]:
+        click.echo("no symbols recorded yet")
+        return
     cols = [
         "symbol",
         "last_trade_id",
@@ -232,10 +192,7 @@ def status(data_dir: Path, fmt: str) -> None:
         "gap_trades",
     ]
     rows = [[("" if r[c] is None else str(r[c])) for c in cols] for r in report["symbols"]]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    cliutil.write_table(cols, rows)
     for s in report["symbols"]:
         for f in s["unreadable_parquet"]:
             click.echo(
@@ -244,37 +201,14 @@ def status(data_dir: Path, fmt: str) -> None:
             )
 
 
-def _bar(label: str):
-    """(context manager, progress callback): a bar on stderr when it is a terminal."""
-    if not sys.stderr.isatty():
-        import contextlib
-
-        return contextlib.nullcontext(), lambda done, total: None
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = bar.add_task(label, total=None)
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return bar, update
-
-
 @main.command("import-archive", context_settings=CONTEXT)
-@_data_dir_option
+@data_dir_option
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option("--symbol", default=None, help="Symbol of the files; default: from the file names.")
+@click.option(
+    "--symbol", type=SYMBOL, default=None, help="Symbol of the files; default: from the file names."
+)
 @_errors
 def import_archive(data_dir: Path, files: tuple[Path, ...], symbol: str | None) -> None:
     """Import Binance archive zips (daily or monthly trades) into the store.
@@ -287,11 +221,8 @@ def import_archive(data_dir: Path, files: tuple[Path, ...], symbol: str | None) 
     """
     from recorder.archive import import_archives
 
-    if symbol is not None:
-        symbol = parse_symbols(symbol)[0]
-    bar, progress = _bar("import")
-    with bar:
-        r = import_archives(data_dir, list(files), symbol, progress)
+    with cliutil.progress("bytes") as update:
+        r = import_archives(data_dir, list(files), symbol, lambda d, t: update("import", d, t))
     rate = r.rows / r.seconds if r.seconds else 0
     click.echo(
         f"imported {r.files} files: {r.rows} trades read, {r.new_rows} new, "
@@ -300,8 +231,8 @@ def import_archive(data_dir: Path, files: tuple[Path, ...], symbol: str | None) 
 
 
 @main.command("fetch-archive", context_settings=CONTEXT)
-@_data_dir_option
-@click.option("--symbol", required=True, help="Symbol, any case.")
+@data_dir_option
+@click.option("--symbol", type=SYMBOL, required=True, help="Symbol, any case.")
 @click.option(
     "--start",
     "start_day",
@@ -329,12 +260,17 @@ def fetch_archive(data_dir: Path, symbol: str, start_day, end_day, base_url: str
     """
     from recorder.archive import fetch_archives
 
-    sym = parse_symbols(symbol)[0]
     if end_day < start_day:
         raise ConfigError("--end is before --start")
-    bar, progress = _bar("import")
-    with bar:
-        r = fetch_archives(data_dir, sym, start_day.date(), end_day.date(), base_url, progress)
+    with cliutil.progress("bytes") as update:
+        r = fetch_archives(
+            data_dir,
+            symbol,
+            start_day.date(),
+            end_day.date(),
+            base_url,
+            lambda d, t: update("import", d, t),
+        )
     for name in r.not_published:
         click.echo(f"not published yet: {name}", err=True)
     i = r.imported
@@ -346,7 +282,7 @@ def fetch_archive(data_dir: Path, symbol: str, start_day, end_day, base_url: str
 
 
 @main.command(context_settings=CONTEXT)
-@_data_dir_option
+@data_dir_option
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
@@ -364,6 +300,8 @@ def replay(data_dir: Path, files: tuple[Path, ...]) -> None:
     r = replay_frames(data_dir, list(files))
     click.echo(f"replayed {r.rows} trades from {r.files} files; {r.hours} hours compacted")
 
+
+cliutil.show_envvars(main)
 
 if __name__ == "__main__":
     main()
