@@ -33,7 +33,7 @@ COLS = ["trade_id", "trade_time", "price", "qty", "is_buyer_maker"]
 
 
 def _files(store: Path, days: int) -> list[Path]:
-    from recorder.layout import hour_dir
+    from recorder.store.layout import hour_dir
 
     first = T0 // 3_600_000
     out = [

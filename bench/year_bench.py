@@ -39,7 +39,7 @@ def bare_scan(store: Path, days: int) -> float:
     """Seconds for DuckDB to read and sum the windows' five columns of every hour file."""
     import duckdb
 
-    from recorder.layout import hour_dir
+    from recorder.store.layout import hour_dir
 
     first = T0 // 3_600_000
     files = [

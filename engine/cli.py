@@ -18,10 +18,9 @@ from engine.durations import parse_time
 from engine.errors import EngineError, InputError
 from recorder import cliutil
 from recorder.cliutil import data_dir_option
-from recorder.errors import RecorderError
 
 CONTEXT = cliutil.CONTEXT
-_errors = cliutil.errors(EngineError, RecorderError)
+_errors = cliutil.errors(EngineError)
 
 
 class _SettingType(click.ParamType):
@@ -276,10 +275,7 @@ def main() -> None:
 
 def _known_variables() -> set[str]:
     """Every TAPEWATCH_* variable the engine or the recorder reads (one environment)."""
-    from recorder.cli import ENV_PREFIX
-    from recorder.cli import main as recorder_main
-
-    return cliutil.env_names(main) | cliutil.env_names(recorder_main, ENV_PREFIX)
+    return cliutil.env_names(main) | cliutil.recorder_variables()
 
 
 @main.command(context_settings=CONTEXT)
@@ -649,7 +645,6 @@ def watch(
     import signal
 
     from engine.watch import Watcher, WatchOptions, results_path
-    from recorder.sdnotify import Notifier
 
     opts = WatchOptions(
         grace_ms=grace,
@@ -667,7 +662,7 @@ def watch(
     cliutil.check_writable(results or results_path(s), "--results")
     _check_grid(s, kw["max_windows"])
     cliutil.setup_logging(log_level)
-    w = Watcher(s, opts, notifier=Notifier())
+    w = Watcher(s, opts, notifier=cliutil.Notifier())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop_event.set())
     w.run()

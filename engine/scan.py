@@ -22,8 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from engine.errors import DataError, InputError
-from recorder import layout
-from recorder.store import hour_files, parse_ndjson, read_gaps
+from recorder.store import hour_files, layout, parse_ndjson, read_gaps
 
 __all__ = ["COLUMNS", "DAY_MS", "EMPTY_TRADES", "StoreIndex", "open_store", "parse_symbol"]
 

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 import polars as pl
 
-from recorder.schema import PARQUET_SCHEMA
+from recorder.store.schema import PARQUET_SCHEMA
 
 __all__ = ["PRECURSOR_LEAD_S", "SCENARIOS", "simulate", "truth_path", "write_simulation"]
 
@@ -237,11 +237,10 @@ def write_simulation(
 ) -> dict[str, Any]:
     """Simulate and write the tape into the store with the importer's all-or-nothing hour
     writer, a day at a time (bounded memory), and the ground truth beside it."""
-    from recorder.archive import HourSpool
-    from recorder.layout import HOUR_MS
-    from recorder.lock import StoreLock
-    from recorder.store import init_store
-    from recorder.writer import atomic_write
+    from recorder.store import HourSpool, init_store
+    from recorder.store.durable import atomic_write
+    from recorder.store.layout import HOUR_MS
+    from recorder.store.lock import StoreLock
 
     sym = symbol.upper()
     init_store(data_dir)

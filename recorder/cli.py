@@ -118,8 +118,8 @@ def compact(data_dir: Path, grace: float, everything: bool, repair: bool) -> Non
     """
     from recorder.compact import compact_store
     from recorder.errors import StoreError
-    from recorder.lock import StoreLock
     from recorder.store import init_store
+    from recorder.store.lock import StoreLock
 
     init_store(data_dir)
     with StoreLock(data_dir):

@@ -29,8 +29,10 @@ from typing import Any, TextIO
 
 import click
 
-from recorder import layout
 from recorder.config import DEFAULT_DATA_DIR
+from recorder.errors import RecorderError
+from recorder.sdnotify import Notifier
+from recorder.store import layout
 
 __all__ = [
     "CONTEXT",
@@ -39,6 +41,7 @@ __all__ = [
     "LOG_LEVELS",
     "SYMBOL",
     "SYMBOLS",
+    "Notifier",
     "check_environment",
     "check_writable",
     "data_dir_option",
@@ -47,6 +50,7 @@ __all__ = [
     "log_level_option",
     "parse_symbol",
     "progress",
+    "recorder_variables",
     "require_store",
     "setup_logging",
     "show_envvars",
@@ -71,8 +75,10 @@ OTHER_VARIABLES = {
 
 
 def errors(*kinds: type[Exception]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A decorator: ``kinds`` (a part's library errors) and OSError (a file or the disk)
-    become one line ``Error: <message>`` on stderr and exit code 1."""
+    """A decorator: ``kinds`` (a part's library errors), the store's errors
+    (``RecorderError``) and OSError (a file or the disk) become one line
+    ``Error: <message>`` on stderr and exit code 1."""
+    kinds = (*kinds, RecorderError)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -114,6 +120,15 @@ def env_names(group: click.Group, auto_prefix: str | None = None) -> set[str]:
             elif auto_prefix and p.allow_from_autoenv and p.name:
                 names.add(f"{auto_prefix}_{p.name.upper()}")
     return names
+
+
+def recorder_variables() -> set[str]:
+    """Every ``TAPEWATCH_*`` variable the recorder reads (the engine refuses unknown ones and
+    shares the environment with it)."""
+    from recorder.cli import ENV_PREFIX
+    from recorder.cli import main as recorder_main
+
+    return env_names(recorder_main, ENV_PREFIX)
 
 
 def show_envvars(group: click.Group) -> None:

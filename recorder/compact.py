@@ -30,20 +30,19 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from recorder import layout
-from recorder.errors import CompactionError
-from recorder.schema import PARQUET_SCHEMA, SOURCE_RANK
 from recorder.store import (
     BadLine,
     add_missing,
     changing,
     hour_files,
+    layout,
     pid_alive,
     read_hour,
     unreadable_parquet,
 )
+from recorder.store.durable import fsync_dir, write_parquet_atomic
+from recorder.store.schema import PARQUET_SCHEMA, merge_rows
 from recorder.tracker import Missing
-from recorder.writer import fsync_dir
 
 __all__ = [
     "CompactResult",
@@ -53,10 +52,8 @@ __all__ = [
     "compact_hour",
     "compact_store",
     "lost_ids",
-    "merge_rows",
     "repair_hour",
     "sweep_temporaries",
-    "write_parquet_atomic",
 ]
 
 log = logging.getLogger("recorder")
@@ -163,45 +160,6 @@ def compact_hour(root: Path, hour_dir: Path, include_active: bool = True) -> Com
                 path.unlink(missing_ok=True)
             fsync_dir(hour_dir)
     return CompactResult(hour_dir, table.height, len(ndjson), len(bad))
-
-
-def merge_rows(table: pl.DataFrame) -> pl.DataFrame:
-    """One row per trade id (the richest source: stream, then REST, then archive; among equals
-    the first), sorted by trade id."""
-    rank = pl.col("source").replace_strict(SOURCE_RANK, default=9, return_dtype=pl.Int8)
-    return table.sort([pl.col("trade_id"), rank], maintain_order=True).unique(
-        subset="trade_id", keep="first", maintain_order=True
-    )
-
-
-def write_parquet_atomic(
-    table: pl.DataFrame, final: Path, staging: Path | None = None, root: Path | None = None
-) -> None:
-    """Write ``table`` as ``final``: temporary name, fsync, rename, fsync the directory, then
-    read it back and compare. With ``staging``, the file is written there instead and only
-    verified; the caller renames it into place later (all-or-nothing imports). With the
-    store's ``root``, replacing an existing file is announced to readers (``changing``)."""
-    target = staging or final
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        table.write_parquet(tmp, compression="zstd", compression_level=10, statistics=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if root is not None and target.exists():
-            with changing(root):  # a reader may hold the old file's footer, not its data
-                os.replace(tmp, target)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not keep the partial file
-        raise
-    fsync_dir(target.parent)
-    if not pl.read_parquet(target).equals(table):
-        raise CompactionError(
-            f"{target} did not read back as written; what it replaces was kept. "
-            "Check the disk, then run the command again"
-        )
 
 
 def closed_hours(root: Path, now_ms: int, grace_ms: int) -> list[Path]:

@@ -53,3 +53,7 @@ class RestUnavailable(ExchangeError):
     def __init__(self, message: str, status: str = "error"):
         super().__init__(message)
         self.status = status
+
+
+class ArchiveError(RecorderError):
+    """A file that cannot be imported; the message names it (and the line)."""

@@ -10,11 +10,11 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from recorder import layout
 from recorder.compact import closed_hours, compact_hour
-from recorder.lock import StoreLock
 from recorder.sink import DaemonWorker
-from recorder.writer import atomic_write
+from recorder.store import layout
+from recorder.store.durable import atomic_write
+from recorder.store.lock import StoreLock
 
 if TYPE_CHECKING:
     from recorder.service import Recorder

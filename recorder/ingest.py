@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from recorder import exchange, layout
+from recorder import exchange
 from recorder.backfill import NOT_SERVED, REFUSED, Request, SymbolBackfill, Wait
 from recorder.config import HISTORICAL_TRADES_WEIGHT, RecorderConfig
 from recorder.connections import Conn
@@ -24,7 +24,7 @@ from recorder.errors import RestUnavailable
 from recorder.exchange import RateLimited
 from recorder.frames import Frame, Kind, decode_frame, reject_line
 from recorder.sink import DiskSink, GapItem, Item, RejectItem, StateItem, TradeItem
-from recorder.store import last_trade, read_missing
+from recorder.store import last_trade, layout, read_missing
 from recorder.tracker import Accept, IdTracker, Missing
 
 __all__ = ["Ingest"]

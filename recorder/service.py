@@ -32,11 +32,11 @@ from recorder.connections import Connections
 from recorder.errors import ConfigError, RecorderError
 from recorder.housekeeping import Housekeeping
 from recorder.ingest import Ingest
-from recorder.lock import StoreLock
 from recorder.metrics import RecorderMetrics, parse_addr
 from recorder.sdnotify import Notifier
 from recorder.sink import DiskSink
 from recorder.store import init_store
+from recorder.store.lock import StoreLock
 from recorder.tracker import IdTracker
 from recorder.writer import StoreWriter
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import orjson
 
-from recorder import layout
-from recorder.lock import holder_pid
-from recorder.store import last_trade, read_gaps, read_missing, unreadable_parquet
+from recorder.store import last_trade, layout, read_gaps, read_missing, unreadable_parquet
+from recorder.store.lock import holder_pid
 
 __all__ = ["store_status"]
 

@@ -14,31 +14,11 @@ from typing import BinaryIO
 
 import orjson
 
-from recorder import layout
 from recorder.errors import StoreError
+from recorder.store import layout
+from recorder.store.durable import atomic_write, fsync_dir
 
-__all__ = ["StoreWriter", "atomic_write", "fsync_dir"]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temporary name, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+__all__ = ["StoreWriter"]
 
 
 def _open_append(path: Path) -> BinaryIO:
@@ -166,17 +146,3 @@ class StoreWriter:
             self._rejects = None
             if errors:
                 raise errors[0]
-
-
-def check_writable(root: Path) -> None:
-    """Raise StoreError unless ``root`` can be created and written."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise StoreError(
-            f"data directory {root} cannot be written ({e.strerror}); "
-            "choose another with --data-dir or fix its permissions"
-        ) from None

@@ -18,9 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakebinance import CAPTURE_2023, CAPTURE_2024, load_frames
 
 from engine.sqlviews import sql_file
-from recorder import layout
 from recorder.config import RecorderConfig
-from recorder.store import read_hour
+from recorder.store import layout, read_hour
 
 UNIT = float(os.environ.get("TAPEWATCH_TEST_TIME_SCALE", "1"))
 ROOT = Path(__file__).parent.parent

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recorder import layout
-from recorder.schema import PARQUET_SCHEMA
-from recorder.store import init_store
+from recorder.store import init_store, layout
+from recorder.store.schema import PARQUET_SCHEMA
 
 
 def tape(start_ms: int, seconds: float, rate: float, seed: int, first_id: int = 1) -> pl.DataFrame:

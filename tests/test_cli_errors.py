@@ -22,7 +22,8 @@ from synth import tape, write_store
 
 from engine import config
 from engine.cli import main as engine_main
-from engine.watch import Alert, Alerter, WatchOptions
+from engine.live.alerts import Alert, Alerter
+from engine.watch import WatchOptions
 from recorder import cliutil
 from recorder.cli import main as recorder_main
 

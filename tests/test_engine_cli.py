@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from synth import tape, write_store
 
 from engine.cli import main
-from recorder import layout
+from recorder.store import layout
 
 T0 = 1_723_075_200_000
 SMALL = ["--buffer", "100", "--retrain-every", "50", "--trees", "20", "--reps", "50", "--jobs", "1"]

@@ -20,7 +20,7 @@ from synth import tape, write_store
 from engine.scan import open_store
 from engine.sqlviews import connect
 from engine.windows import build_windows, window_features
-from recorder import layout
+from recorder.store import layout
 
 DAY = 86_400_000
 T0 = 1_723_075_200_000  # 2024-08-08 00:00 UTC

@@ -20,15 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_process import start, wait_until
 from test_recorder_net import exactly_once, record
 
-from recorder import layout
 from recorder.config import RecorderConfig
 from recorder.errors import ConfigError, StoreError, StoreLockedError
 from recorder.exchange import retry_after_seconds
 from recorder.frames import decode_frame
-from recorder.lock import StoreLock
 from recorder.service import Recorder
 from recorder.sink import DiskError
 from recorder.status import store_status
+from recorder.store import layout
+from recorder.store.lock import StoreLock
 from recorder.writer import StoreWriter
 
 

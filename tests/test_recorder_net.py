@@ -11,12 +11,11 @@ from conftest import UNIT, assert_rows_match_frames, fast_config, stored_rows, v
 from fakebinance import FakeBinance
 from test_frames import MALFORMED
 
-from recorder import layout
 from recorder.backfill import backoff_delays
 from recorder.errors import ConfigError
 from recorder.service import Recorder
 from recorder.status import store_status
-from recorder.store import read_gaps
+from recorder.store import layout, read_gaps
 
 
 async def record(

@@ -12,10 +12,9 @@ from conftest import assert_rows_match_frames, stored_rows, view_query
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder import layout
 from recorder.compact import closed_hours, compact_hour
 from recorder.frames import Kind, decode_frame
-from recorder.store import init_store, last_trade
+from recorder.store import init_store, last_trade, layout
 from recorder.writer import StoreWriter
 
 SYMS = frozenset({"BTCUSDT"})
@@ -177,3 +176,33 @@ def test_any_frames_written_then_read_back_lose_nothing(tmp_path_factory, trades
         assert Decimal(extra.pop("p", repr(row["price"]))) == Decimal(d["p"])
         assert Decimal(extra.pop("q", repr(row["qty"]))) == Decimal(d["q"])
         assert extra == ({"Z": d["Z"]} if "Z" in d else {})
+
+
+def test_the_sql_view_maps_lines_onto_columns_as_the_schema_does(tmp_path, frames_2024):
+    """sql/views.sql reads the open hour's lines itself; its mapping must be schema.FIELDS,
+    field for field, and the trades view must have PARQUET_SCHEMA's columns and types."""
+    import re
+
+    from engine.sqlviews import sql_file
+    from recorder.store.schema import FIELDS, PARQUET_SCHEMA
+
+    sql = sql_file("views.sql").read_text()
+    view = sql[sql.index("CREATE OR REPLACE TEMP VIEW _tw_open AS") :]
+    view = view[: view.index("FROM l")]
+    for column, (ws, rest) in FIELDS.items():
+        (line,) = [ln for ln in view.splitlines() if ln.rstrip(",").endswith(f" AS {column}")]
+        assert re.findall(r"d->>'\$\.(\w+)'", line) == ([ws] if ws else []), column
+        assert re.findall(r"r->>'\$\.(\w+)'", line) == ([rest] if rest else []), column
+    write_frames(tmp_path, frames_2024[:50])
+    duck = {
+        "BIGINT": pl.Int64(),
+        "DOUBLE": pl.Float64(),
+        "TIMESTAMP WITH TIME ZONE": pl.Datetime("us", "UTC"),
+        "BOOLEAN": pl.Boolean(),
+        "VARCHAR": pl.String(),
+    }
+    described = view_query(tmp_path, "SELECT column_name, column_type FROM (DESCRIBE trades)")
+    assert {name: duck[kind] for name, kind in described} == {
+        "symbol": pl.String(),
+        **PARQUET_SCHEMA,
+    }

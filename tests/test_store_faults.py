@@ -26,11 +26,10 @@ from synth import tape, write_store
 from engine.cli import main as engine_main
 from engine.scan import open_store
 from engine.sqlviews import find_cli, query_frame, sql_file
-from recorder import layout
 from recorder.archive import import_archives
 from recorder.cli import main as recorder_main
 from recorder.compact import compact_hour, compact_store, lost_ids, sweep_temporaries
-from recorder.store import init_store, read_missing
+from recorder.store import init_store, layout, read_missing
 from recorder.tracker import Missing
 
 T0 = 1_723_075_200_000  # 2024-08-08T00:00:00Z

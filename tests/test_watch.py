@@ -22,7 +22,7 @@ from engine.pipeline import Settings
 from engine.scan import open_store
 from engine.watch import Alert, Alerter, Watcher, WatchOptions
 from engine.windows import build_windows
-from recorder import layout
+from recorder.store import layout
 from recorder.compact import compact_hour
 from recorder.frames import decode_frame
 from recorder.store import init_store

@@ -13,8 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from recorder import layout
 from recorder.errors import StoreError, StoreLockedError
+from recorder.store import layout
 
 __all__ = ["StoreLock", "holder_pid"]
 

@@ -1,5 +1,5 @@
-"""Reading the store back: NDJSON lines (tolerating a torn tail), the last stored trade,
-gaps and state, and the lock that keeps two writers off one data directory.
+"""Reading the store back: NDJSON lines (tolerating a torn tail), the files of an hour, the
+last stored trade, gaps and the ids still being fetched.
 
 Readers and compaction run at the same time. Compaction only ever adds a file (the hour's
 Parquet, renamed in) before it deletes the files that went into it, and it brackets every
@@ -12,39 +12,30 @@ it moved.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import polars as pl
 
-from recorder import layout
 from recorder.errors import StoreError
-from recorder.lock import StoreLock
-from recorder.schema import LINE_SCHEMA, PARQUET_SCHEMA, lines_to_table
+from recorder.store import layout
+from recorder.store.durable import atomic_write, check_writable
+from recorder.store.schema import FIELDS, LINE_SCHEMA, PARQUET_SCHEMA, lines_to_table
 from recorder.tracker import Missing
-from recorder.writer import atomic_write, check_writable
 
 __all__ = [
     "BadLine",
-    "StoreLock",
     "add_missing",
-    "changing",
-    "generation",
     "hour_files",
     "init_store",
     "last_trade",
     "parquet_problem",
-    "pid_alive",
     "read_gaps",
     "read_missing",
     "read_ndjson",
-    "settled_generation",
     "unreadable_parquet",
 ]
 
@@ -81,10 +72,10 @@ def _valid_line(line: bytes) -> bool:
     if type(obj) is not dict or type(obj.get("recv_time")) is not int:
         return False
     data = (obj.get("frame") or {}).get("data") if type(obj.get("frame")) is dict else None
-    if type(data) is dict:
-        return type(data.get("t")) is int and type(data.get("T")) is int
-    rest = obj.get("rest")
-    return type(rest) is dict and type(rest.get("id")) is int and type(rest.get("time")) is int
+    source, item = (0, data) if type(data) is dict else (1, obj.get("rest"))
+    return type(item) is dict and all(
+        type(item.get(FIELDS[key][source])) is int for key in ("trade_id", "trade_time")
+    )
 
 
 def read_ndjson(path: Path) -> tuple[pl.DataFrame, list[BadLine]]:
@@ -305,65 +296,3 @@ def add_missing(root: Path, symbol: str, ranges: list[Missing]) -> None:
         new += pieces
     state["missing"] = [m.as_list() for m in sorted(have + new, key=lambda m: m.first)]
     atomic_write(path, orjson.dumps(state))
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process ``pid`` exists (possibly another user's)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_generation(root: Path) -> tuple[int, int]:
-    try:
-        parts = (root / layout.GENERATION).read_text().split()
-        return int(parts[0]), int(parts[1])
-    except (FileNotFoundError, IndexError, ValueError):
-        return 0, 0
-
-
-def _write_generation(root: Path, value: int) -> None:
-    # No fsync: readers compare it within one query, and a crash ends every change anyway.
-    path = root / layout.GENERATION
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(f"{value} {os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def generation(root: Path) -> int | None:
-    """The store's generation: it changes whenever stored files were deleted or replaced.
-    None while a live process is doing so (the reader should wait a moment and look again);
-    an odd value left by a process that died mid-change counts as settled."""
-    value, pid = _read_generation(root)
-    if value % 2 and pid_alive(pid):
-        return None
-    return value
-
-
-@contextlib.contextmanager
-def changing(root: Path) -> Iterator[None]:
-    """Bracket a deletion or replacement of stored files, for readers that check
-    ``generation`` (odd while inside, a new even value after)."""
-    value, _ = _read_generation(root)
-    _write_generation(root, value + 1 if value % 2 == 0 else value + 2)
-    try:
-        yield
-    finally:
-        _write_generation(root, (value + 1 if value % 2 == 0 else value + 2) + 1)
-
-
-def settled_generation(root: Path, timeout: float = 5.0) -> int:
-    """``generation(root)``, waiting up to ``timeout`` seconds for a change to finish."""
-    deadline = time.monotonic() + timeout
-    while (g := generation(root)) is None:
-        if time.monotonic() > deadline:
-            raise StoreError(f"{root} is being compacted for more than {timeout:.0f} s; try again")
-        time.sleep(0.005)
-    return g

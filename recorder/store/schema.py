@@ -25,7 +25,14 @@ from typing import Any
 
 import polars as pl
 
-__all__ = ["LINE_SCHEMA", "PARQUET_SCHEMA", "SOURCE_RANK", "lines_to_table"]
+__all__ = [
+    "FIELDS",
+    "LINE_SCHEMA",
+    "PARQUET_SCHEMA",
+    "SOURCE_RANK",
+    "lines_to_table",
+    "merge_rows",
+]
 
 _US = pl.Datetime("us", "UTC")
 
@@ -44,6 +51,23 @@ PARQUET_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
     "event_type": pl.String(),
     "extra": pl.String(),
+}
+
+# The one mapping of a line onto the columns: column -> (field of a stream frame's ``data``,
+# field of a REST trade); None where that source has no such field. lines_to_table reads
+# lines with it, the torn-line check names a trade by its id and time fields, and
+# tests/test_store.py checks sql/views.sql's open-hour view against it field for field.
+FIELDS: dict[str, tuple[str | None, str | None]] = {
+    "trade_id": ("t", "id"),
+    "price": ("p", "price"),
+    "qty": ("q", "qty"),
+    "quote_qty": (None, "quoteQty"),
+    "trade_time": ("T", "time"),
+    "event_time": ("E", None),
+    "is_buyer_maker": ("m", "isBuyerMaker"),
+    "is_best_match": ("M", "isBestMatch"),
+    "buyer_order_id": ("b", None),
+    "seller_order_id": ("a", None),
 }
 
 # When the same trade is stored twice, keep the richest copy.
@@ -93,20 +117,27 @@ def lines_to_table(lines: pl.DataFrame) -> pl.DataFrame:
     d = pl.col("frame").struct.field("data")
     r = pl.col("rest")
     is_ws = d.struct.field("t").is_not_null()
+
+    def column(name: str) -> pl.Expr:
+        ws, rest = FIELDS[name]
+        parts = ([d.struct.field(ws)] if ws else []) + ([r.struct.field(rest)] if rest else [])
+        value = pl.coalesce(parts) if len(parts) > 1 else parts[0]
+        return _ms(value) if PARQUET_SCHEMA[name] == _US else value.cast(PARQUET_SCHEMA[name])
+
     out = lines.select(
-        trade_id=pl.coalesce(d.struct.field("t"), r.struct.field("id")),
-        price=pl.coalesce(d.struct.field("p"), r.struct.field("price")).cast(pl.Float64),
-        qty=pl.coalesce(d.struct.field("q"), r.struct.field("qty")).cast(pl.Float64),
-        quote_qty=r.struct.field("quoteQty").cast(pl.Float64),
-        trade_time=_ms(pl.coalesce(d.struct.field("T"), r.struct.field("time"))),
-        event_time=_ms(d.struct.field("E")),
-        is_buyer_maker=pl.coalesce(d.struct.field("m"), r.struct.field("isBuyerMaker")),
-        is_best_match=pl.coalesce(d.struct.field("M"), r.struct.field("isBestMatch")),
-        buyer_order_id=d.struct.field("b"),
-        seller_order_id=d.struct.field("a"),
+        **{name: column(name) for name in FIELDS},
         recv_time=pl.col("recv_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
         source=pl.when(is_ws).then(pl.lit("ws")).otherwise(pl.lit("rest")),
         event_type=d.struct.field("e"),
         extra=pl.col("extra"),
-    )
+    ).select(list(PARQUET_SCHEMA))
     return out.cast(PARQUET_SCHEMA)  # type: ignore[arg-type]
+
+
+def merge_rows(table: pl.DataFrame) -> pl.DataFrame:
+    """One row per trade id (the richest source: stream, then REST, then archive; among equals
+    the first), sorted by trade id."""
+    rank = pl.col("source").replace_strict(SOURCE_RANK, default=9, return_dtype=pl.Int8)
+    return table.sort([pl.col("trade_id"), rank], maintain_order=True).unique(
+        subset="trade_id", keep="first", maintain_order=True
+    )
