@@ -1,1 +1,2 @@
-"""tapewatch engine (rerunnable windows, walk-forward model, horizon statistics): not yet built."""
+"""tapewatch engine: windows, the walk-forward model, horizons and the verdict, rebuilt
+from the stored trades (``engine --help``)."""

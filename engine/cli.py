@@ -16,6 +16,7 @@ from click.core import ParameterSource
 from engine import config
 from engine.durations import parse_time
 from engine.errors import EngineError, InputError
+from engine.results import HorizonTable
 from recorder import cliutil
 from recorder.cliutil import data_dir_option
 
@@ -204,37 +205,34 @@ def _check_output(output: Path | None) -> None:
     """Refuse an ``--output`` of unknown format, or one that cannot be written, up front."""
     if output is None:
         return
-    from engine.output import FORMATS
+    from engine.output import output_kind
 
-    if output.suffix.lower().lstrip(".") not in {"parquet", *FORMATS} - {"table"}:
-        raise InputError(
-            f"cannot tell the format of {output}; end it in .parquet, .csv, .json or .ndjson"
-        )
+    output_kind(output)
     cliutil.check_writable(output, "--output")
 
 
-def print_report(report: dict[str, Any], fmt: str, output: Path | None) -> None:
+def print_report(report: HorizonTable, fmt: str, output: Path | None) -> None:
     import polars as pl
 
     from engine.output import emit_table
 
-    rows = pl.DataFrame(report["rows"], infer_schema_length=None)
-    envelope = {k: v for k, v in report.items() if k != "rows"}
+    rows = pl.DataFrame(report.rows, infer_schema_length=None)
+    envelope = {k: v for k, v in report.as_dict().items() if k != "rows"}
     if fmt == "table" and output is None:
-        rate = report["flag_rate"]
+        rate = report.flag_rate
         rate_text = (
             f"{rate:.2%}"
             if isinstance(rate, float)
             else ", ".join(f"{k}: {v:.2%}" for k, v in rate.items())
         )
         click.echo(
-            f"flag rate {rate_text}; {report['comparisons']} comparisons "
+            f"flag rate {rate_text}; {report.comparisons} comparisons "
             "(p_naive: Mann-Whitney as if windows were independent, which overlapping "
             "horizons are not: it overstates confidence; p_naive_bh: Benjamini-Hochberg "
             "over the table; ratio_adjusted: if_only against normal windows alike in "
             "trailing volatility, activity and time of day)"
         )
-        if report["parameters"].get("baseline_lookahead"):
+        if report.parameters.get("baseline_lookahead"):
             click.echo("baseline: full sample (look-ahead, reproduces the prototype)")
     emit_table(rows, fmt, output, envelope)
 
@@ -485,11 +483,11 @@ def run(
     with cliutil.progress() as progress:
         report, out = run_all(s, results, progress, plots=not no_plots or with_report)
     if fmt == "table" and output is None:
-        print_verdict(report["evaluate"])
+        print_verdict(report.evaluate or {})
         click.echo("\nThe prototype's view, for comparison (not a test of the question):")
     print_report(report, fmt, output)
-    if fmt == "table" and output is None and "detection" in report:
-        d = report["detection"]
+    if fmt == "table" and output is None and report.detection is not None:
+        d = report.detection
         click.echo(
             f"detection vs simulated truth (within {d['tolerance_s']:.0f} s): "
             f"precision {_pct(d.get('precision'))} (chance {_pct(d.get('precision_chance'))}), "

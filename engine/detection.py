@@ -39,11 +39,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from engine import config
+from engine.durations import parse_duration
+
 __all__ = ["GRACE_MS", "MERGE_MS", "SHIFTS", "TOLERANCE_MS", "evaluate", "shift_offsets"]
 
 TOLERANCE_MS = 300_000  # an alarm at most this long before an event leads it
 MERGE_MS = 60_000  # flagged windows whose starts are this close are one episode
-GRACE_MS = 2_000  # from a window's end to its alarm (`engine watch --grace`)
+GRACE_MS = parse_duration(config.GRACE)  # from a window's end to its alarm (`engine watch --grace`)
 SHIFTS = 499  # rotations of the flag series (p-values in steps of 1/500)
 MIN_SHIFT_MS = 86_400_000  # a rotation moves the flags by at least a day ...
 MIN_SHIFT_SHARE = 0.25  # ... or a quarter of the span, when that is shorter

@@ -13,10 +13,10 @@ import polars as pl
 
 from engine.errors import InputError
 
-__all__ = ["FORMATS", "emit_table", "to_text_frame"]
+__all__ = ["FORMATS", "SUFFIXES", "emit_table", "output_kind", "to_text_frame"]
 
 FORMATS = ("table", "csv", "json", "ndjson")
-_SUFFIX = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".ndjson": "ndjson"}
+SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".ndjson": "ndjson"}
 
 
 def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:
@@ -44,14 +44,19 @@ def _fmt(v: Any) -> str:
 
 
 def _table(df: pl.DataFrame, out: TextIO) -> None:
-    cols = df.columns
-    rows = [[_fmt(v) for v in r] for r in df.rows()]
-    widths = [
-        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)
-    ]
-    out.write("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)).rstrip() + "\n")
-    for r in rows:
-        out.write("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    from recorder.cliutil import write_table
+
+    write_table(df.columns, [[_fmt(v) for v in r] for r in df.rows()], out)
+
+
+def output_kind(output: Path) -> str:
+    """The format an ``--output`` path's suffix names; InputError for any other suffix."""
+    kind = SUFFIXES.get(output.suffix.lower())
+    if kind is None:
+        raise InputError(
+            f"cannot tell the format of {output}; end it in .parquet, .csv, .json or .ndjson"
+        )
+    return kind
 
 
 def emit_table(
@@ -64,11 +69,7 @@ def emit_table(
     """Write ``df``; ``envelope`` (for json) wraps the rows as ``{..., "rows": [...]}``."""
     out = out or sys.stdout
     if output is not None:
-        kind = _SUFFIX.get(output.suffix.lower())
-        if kind is None:
-            raise InputError(
-                f"cannot tell the format of {output}; end it in .parquet, .csv, .json or .ndjson"
-            )
+        kind = output_kind(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         if kind == "parquet":
             df.write_parquet(output)

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import polars as pl
 
-from engine.durations import format_ms
+from engine import config
+from engine.durations import format_ms, parse_duration, parse_durations
 from engine.horizons import (
-    BOOTSTRAP_REPS,
     adjustment_covariates,
     compare,
     forward_moves,
@@ -25,6 +25,7 @@ from engine.horizons import (
     horizons_for,
 )
 from engine.model import ModelParams, walk_forward
+from engine.results import HorizonTable
 from engine.scan import open_store
 from engine.windows import build_windows
 
@@ -40,7 +41,7 @@ __all__ = [
     "sweep",
 ]
 
-DEFAULT_HORIZONS = (("1m", 60_000), ("5m", 300_000), ("15m", 900_000), ("30m", 1_800_000))
+DEFAULT_HORIZONS = tuple(parse_durations(config.HORIZONS))
 Progress = Callable[[str, int, int], None]
 
 
@@ -48,14 +49,14 @@ Progress = Callable[[str, int, int], None]
 class Settings:
     data_dir: Path
     symbol: str
-    every_ms: int = 20_000
+    every_ms: int = parse_duration(config.EVERY)
     start_ms: int | None = None
     end_ms: int | None = None
     model: ModelParams = field(default_factory=ModelParams)
     horizons: tuple[tuple[str, int], ...] = DEFAULT_HORIZONS
-    baseline: str = "trailing"
-    jobs: int = 2
-    reps: int = BOOTSTRAP_REPS
+    baseline: str = config.BASELINE
+    jobs: int = config.JOBS
+    reps: int = config.REPS
 
     @property
     def every(self) -> str:
@@ -100,23 +101,23 @@ def flag_rate(scored: pl.DataFrame) -> float:
     return float((p == -1).sum()) / len(p) if len(p) else 0.0
 
 
-def horizon_report(s: Settings, scored: pl.DataFrame) -> dict[str, Any]:
+def horizon_report(s: Settings, scored: pl.DataFrame) -> HorizonTable:
     hs = horizons_for(s.horizons, s.every_ms)
     moves = forward_moves(scored, hs)
     groups = group_windows(scored, s.baseline, s.model.buffer)
     rows = compare(moves, groups, adjustment_covariates(scored), hs, seed=s.model.seed, reps=s.reps)
-    return {
-        "parameters": s.parameters(),
-        "flag_rate": flag_rate(scored),
-        "scored_windows": int(scored["prediction"].is_not_null().sum()),
-        "comparisons": sum(r["p_naive"] is not None for r in rows),
-        "rows": rows,
-    }
+    return HorizonTable(
+        parameters=s.parameters(),
+        flag_rate=flag_rate(scored),
+        scored_windows=int(scored["prediction"].is_not_null().sum()),
+        comparisons=sum(r["p_naive"] is not None for r in rows),
+        rows=rows,
+    )
 
 
 def prototype_report(
     csv: Path, every_ms: int, horizons: Sequence[tuple[str, int]], baseline: str, reps: int
-) -> dict[str, Any]:
+) -> HorizonTable:
     """The prototype's method on its own window file (``--windows-csv``)."""
     from engine.prototype import prototype_moves, read_prototype_csv
 
@@ -139,8 +140,8 @@ def prototype_report(
         reps=reps,
         metrics=("abs_return_sum",),
     )
-    return {
-        "parameters": {
+    return HorizonTable(
+        parameters={
             "windows_csv": str(csv),
             "every": format_ms(every_ms),
             "horizons": [h.label for h in hs],
@@ -148,11 +149,11 @@ def prototype_report(
             "baseline_lookahead": True,
             "horizon_unit": "rows",
         },
-        "flag_rate": flag_rate(rows),
-        "scored_windows": int(rows["prediction"].is_not_null().sum()),
-        "comparisons": sum(r["p_naive"] is not None for r in table),
-        "rows": table,
-    }
+        flag_rate=flag_rate(rows),
+        scored_windows=int(rows["prediction"].is_not_null().sum()),
+        comparisons=sum(r["p_naive"] is not None for r in table),
+        rows=table,
+    )
 
 
 def results_dir_for(s: Settings) -> Path:
@@ -161,8 +162,8 @@ def results_dir_for(s: Settings) -> Path:
 
 def run(
     s: Settings, results: Path | None = None, progress: Progress = _quiet, plots: bool = True
-) -> tuple[dict[str, Any], Path]:
-    """Windows, scores, the horizon table and the evaluation (``report["evaluate"]``, also
+) -> tuple[HorizonTable, Path]:
+    """Windows, scores, the horizon table and the evaluation (``report.evaluate``, also
     ``evaluate.json`` and ``evaluate.csv``), written to a results folder."""
     t0 = time.monotonic()
     out = results or results_dir_for(s)
@@ -172,25 +173,23 @@ def run(
     from engine.evaluate import evaluate_scored
 
     verdict = evaluate_scored(s, scored)  # the flag against a volatility forecast; in the ledger
-    report["evaluate"] = verdict.as_dict()
+    report = replace(report, evaluate=verdict.as_dict())
     from engine.simulate import truth_path
 
     truth = truth_path(s.data_dir, s.symbol)
     if truth.exists():  # a simulated symbol: score the detector against the ground truth
         from engine.detection import evaluate
 
-        report["detection"] = evaluate(scored, orjson.loads(truth.read_bytes()))
-    report["seconds"] = round(time.monotonic() - t0, 3)
+        report = replace(report, detection=evaluate(scored, orjson.loads(truth.read_bytes())))
+    report = replace(report, seconds=round(time.monotonic() - t0, 3))
     out.mkdir(parents=True, exist_ok=True)
     windows.write_parquet(out / "windows.parquet")
     scored.with_columns(
         pl.lit(s.symbol.upper()).alias("symbol"), pl.lit(s.every).alias("every")
     ).write_parquet(out / "scores.parquet")
-    (out / "horizons.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    pl.DataFrame(report["rows"]).write_csv(out / "horizons.csv")
-    (out / "evaluate.json").write_bytes(
-        orjson.dumps(report["evaluate"], option=orjson.OPT_INDENT_2)
-    )
+    (out / "horizons.json").write_bytes(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2))
+    pl.DataFrame(report.rows).write_csv(out / "horizons.csv")
+    (out / "evaluate.json").write_bytes(orjson.dumps(report.evaluate, option=orjson.OPT_INDENT_2))
     pl.DataFrame(verdict.rows, infer_schema_length=None).write_csv(out / "evaluate.csv")
     (out / "parameters.json").write_bytes(orjson.dumps(s.parameters(), option=orjson.OPT_INDENT_2))
     if plots:
@@ -200,7 +199,7 @@ def run(
     return report, out
 
 
-def sweep(s: Settings, everies: Sequence[int], progress: Progress = _quiet) -> dict[str, Any]:
+def sweep(s: Settings, everies: Sequence[int], progress: Progress = _quiet) -> HorizonTable:
     """One scan of the store, windows for every size, then scores and horizons per size."""
     index = open_store(s.data_dir, s.symbol)
     built = build_windows(
@@ -212,17 +211,17 @@ def sweep(s: Settings, everies: Sequence[int], progress: Progress = _quiet) -> d
         se = replace(s, every_ms=e)
         scored = score_windows(se, built[e], progress)
         rep = horizon_report(se, scored)
-        rates[se.every] = rep["flag_rate"]
-        rows += [{"every": se.every, **r} for r in rep["rows"]]
+        rates[se.every] = float(rep.flag_rate)  # type: ignore[arg-type]
+        rows += [{"every": se.every, **r} for r in rep.rows]
     from scipy.stats import false_discovery_control
 
     ps = [r["p_naive"] for r in rows if r["p_naive"] is not None]
     adj = iter(false_discovery_control(ps, method="bh").tolist() if ps else [])
     for r in rows:  # adjust across the whole grid, not per size
         r["p_naive_bh"] = next(adj) if r["p_naive"] is not None else None
-    return {
-        "parameters": {**s.parameters(), "every": [format_ms(e) for e in everies]},
-        "flag_rate": rates,
-        "comparisons": len(ps),
-        "rows": rows,
-    }
+    return HorizonTable(
+        parameters={**s.parameters(), "every": [format_ms(e) for e in everies]},
+        flag_rate=rates,
+        comparisons=len(ps),
+        rows=rows,
+    )

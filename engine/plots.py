@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import polars as pl
+
+from engine.results import HorizonTable
 
 __all__ = ["write_plots"]
 
 
-def write_plots(scored: pl.DataFrame, report: dict[str, Any], out: Path) -> list[Path]:
+def write_plots(scored: pl.DataFrame, report: HorizonTable, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,8 +19,8 @@ def write_plots(scored: pl.DataFrame, report: dict[str, Any], out: Path) -> list
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    rows = pl.DataFrame(report["rows"])
-    horizons = report["parameters"]["horizons"]
+    rows = pl.DataFrame(report.rows)
+    horizons = report.parameters["horizons"]
     colors = {"vol_only": "tab:orange", "if_only": "tab:blue", "both": "tab:red"}
 
     metrics = rows["metric"].unique(maintain_order=True).to_list()

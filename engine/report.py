@@ -13,6 +13,7 @@ import orjson
 import polars as pl
 
 from engine.errors import DataError
+from engine.results import HorizonTable
 
 __all__ = ["write_report"]
 
@@ -87,20 +88,20 @@ def _verdict_section(ev: dict[str, Any]) -> str:
 def write_report(results: Path, out: Path | None = None) -> Path:
     """Write ``results/report.html`` (or ``out``) from a folder ``engine run`` wrote."""
     try:
-        report = orjson.loads((results / "horizons.json").read_bytes())
+        report = HorizonTable.from_dict(orjson.loads((results / "horizons.json").read_bytes()))
         scores = pl.read_parquet(results / "scores.parquet")
     except (FileNotFoundError, orjson.JSONDecodeError) as e:
         raise DataError(f"{results} is not a results folder of `engine run` ({e})") from None
-    p = report["parameters"]
+    p = report.parameters
     scored = scores.filter(pl.col("prediction").is_not_null())
     first, last = scores["window_start"].min(), scores["window_start"].max()
     parts = [f"<h1>tapewatch: {html.escape(p['symbol'])}, {html.escape(p['every'])} windows</h1>"]
-    sim = report.get("detection")
+    sim = report.detection
     if sim is not None:
         parts.append(
             '<p class="warn"><b>Simulated data.</b> These trades come from <code>engine simulate</code>, not from an exchange.</p>'
         )
-    ev = report.get("evaluate")
+    ev = report.evaluate
     if ev is not None:
         parts.append(_verdict_section(ev))
     parts.append("<h2>Parameters</h2>")
@@ -127,7 +128,7 @@ def write_report(results: Path, out: Path | None = None) -> Path:
         .sort("hour_utc")
     )
     parts.append(
-        f"<p>Realized flag rate: <b>{report['flag_rate']:.2%}</b> of {scored.height} scored windows "
+        f"<p>Realized flag rate: <b>{report.flag_rate:.2%}</b> of {scored.height} scored windows "
         f"(contamination {p['model']['contamination']} is the training-set share, not a promise about new windows).</p>"
     )
     parts.append(_table(by_hour.to_dicts(), ["hour_utc", "scored", "flag_rate"], set()))
@@ -137,7 +138,7 @@ def write_report(results: Path, out: Path | None = None) -> Path:
             '<p class="warn">Volatility baseline over the full sample: look-ahead, kept only to reproduce the prototype.</p>'
         )
     parts.append(
-        f"<p class='note'>{report['comparisons']} comparisons. p_naive is a Mann-Whitney p-value that "
+        f"<p class='note'>{report.comparisons} comparisons. p_naive is a Mann-Whitney p-value that "
         "takes the windows as independent samples; overlapping horizons and clustered volatility make "
         "it overstate confidence, so it is shown, not trusted (p_naive_bh: Benjamini-Hochberg over the table). "
         "ci_low..ci_high: 95 % circular block bootstrap for ratio_mean, blocks of `block` windows "
@@ -168,7 +169,7 @@ def write_report(results: Path, out: Path | None = None) -> Path:
     ]
     parts.append(
         _table(
-            report["rows"],
+            report.rows,
             cols,
             {"horizon", "metric", "group"},
             cls=lambda r: "sig" if (r.get("adj_ci_low") or 0) > 1 else "",

@@ -14,7 +14,6 @@ again. A reader never returns fewer trades than the store held when it started.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from recorder.store import hour_files, layout, parse_ndjson, read_gaps
 
 __all__ = ["COLUMNS", "DAY_MS", "EMPTY_TRADES", "StoreIndex", "open_store", "parse_symbol"]
 
-_SYMBOL = re.compile(r"[A-Za-z0-9]+")
 _RELIST = 20  # reads of a chunk that keeps changing under the reader before giving up
 
 COLUMNS = ["trade_id", "trade_time", "price", "qty", "is_buyer_maker"]
@@ -207,12 +205,14 @@ def _incomplete(path: Path, lineno: int) -> DataError:
 def parse_symbol(text: str) -> str:
     """``" btcusdt"`` -> ``"BTCUSDT"``: the one check of every engine ``--symbol``. InputError
     for anything but ASCII letters and digits (``ｅｔｈ`` passes ``str.isalnum``, not this)."""
-    sym = text.strip()
-    if not _SYMBOL.fullmatch(sym):
+    from recorder.cliutil import parse_symbol as ascii_symbol
+
+    sym = ascii_symbol(text)
+    if sym is None:
         raise InputError(
             f"symbol {text!r} is not ASCII letters and digits; give one like --symbol btcusdt"
         )
-    return sym.upper()
+    return sym
 
 
 def open_store(root: Path, symbol: str) -> StoreIndex:

@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 import polars as pl
 
+from engine import config
 from recorder.store.schema import PARQUET_SCHEMA
 
 __all__ = ["PRECURSOR_LEAD_S", "SCENARIOS", "simulate", "truth_path", "write_simulation"]
@@ -42,8 +43,8 @@ SIGMA = 8e-5  # per-second log-return sd at volatility level 1 (about 50 % a yea
 ACTIVITY = (0.25, 1.0, 3.0)
 VOLATILITY = (0.5, 1.0, 2.5)
 START_MS = 1_767_225_600_000  # 2026-01-01 00:00 UTC
-SCENARIOS = ("calibration", "precursor")
-PRECURSOR_LEAD_S = 120  # seconds of raised activity before each volatility burst
+SCENARIOS = config.SCENARIOS
+PRECURSOR_LEAD_S = config.LEAD  # seconds of raised activity before each volatility burst
 PRECURSOR_ACTIVITY = 5.0  # activity multiplier of a precursor
 PRECURSORS_PER_DAY = 12
 BURST_VOLATILITY = 4.0  # volatility multiplier of a volatility burst

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import polars as pl
 
+from recorder.config import DEFAULT_ARCHIVE_URL
 from recorder.errors import ArchiveError
 from recorder.store import init_store, layout
 from recorder.store.lock import StoreLock
@@ -46,7 +47,6 @@ __all__ = [
     "symbol_of",
 ]
 
-DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
 BLOCK = 32 << 20  # bytes of CSV parsed at a time (about 400,000 trades)
 _CSV_ROW_BYTES = 80  # a typical archive line, to size the merge's batches from BLOCK
 _NAME = re.compile(r"^([A-Z0-9]+)-(trades|aggTrades)-(\d{4}-\d{2}(?:-\d{2})?)\.zip$")

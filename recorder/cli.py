@@ -247,7 +247,7 @@ def import_archive(data_dir: Path, files: tuple[Path, ...], symbol: str | None) 
     type=click.DateTime(["%Y-%m-%d"]),
     help="Last day (UTC), inclusive.",
 )
-@click.option("--base-url", default="https://data.binance.vision", help="Archive host.")
+@click.option("--base-url", default=config.DEFAULT_ARCHIVE_URL, help="Archive host.")
 @_errors
 def fetch_archive(data_dir: Path, symbol: str, start_day, end_day, base_url: str) -> None:
     """Download daily trade archives, verify their sha256, and import them.

@@ -17,6 +17,7 @@ from typing import Any
 from recorder.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_ARCHIVE_URL",
     "DEFAULT_DATA_DIR",
     "DEFAULT_REST_URL",
     "DEFAULT_WS_URL",
@@ -29,6 +30,7 @@ __all__ = [
 
 DEFAULT_WS_URL = "wss://stream.binance.com:9443"
 DEFAULT_REST_URL = "https://api.binance.com"
+DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
 DEFAULT_DATA_DIR = "./data"
 # Binance's request weight of one /api/v3/historicalTrades call.
 HISTORICAL_TRADES_WEIGHT = 25

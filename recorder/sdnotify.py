@@ -29,10 +29,6 @@ class Notifier:
         ours = not pid or pid == str(os.getpid())
         self.watchdog_seconds = int(usec) / 1e6 if usec.isdigit() and ours else None
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def send(self, *lines: str) -> None:
         if self._sock is None or self._addr is None:
             return

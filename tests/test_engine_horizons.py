@@ -244,13 +244,13 @@ def test_prototype_numbers_are_reproduced_exactly(tmp_path):
     report = prototype_report(csv, 20_000, [("5m", 300_000), ("1m", 60_000)], "full", reps=50)
     for label, k in (("5m", 15), ("1m", 3)):
         ref = prototype_reference(csv, k)
-        for r in (r for r in report["rows"] if r["horizon"] == label):
+        for r in (r for r in report.rows if r["horizon"] == label):
             want = ref[r["group"]]
             assert r["metric"] == "abs_return_sum"
             assert (r["n"], r["mean"], r["median"]) == (want["n"], want["mean"], want["median"])
             assert (r["ratio_median"], r["p_naive"]) == (want["ratio_median"], want["p"])
             assert r["ratio_mean"] == pytest.approx(want["ratio_mean"], rel=1e-14)
-    assert report["parameters"]["baseline_lookahead"] is True
+    assert report.parameters["baseline_lookahead"] is True
 
 
 def test_prototype_csv_errors(tmp_path):
