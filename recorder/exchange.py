@@ -1,4 +1,8 @@
-"""The recorder's only network code: opening the combined stream and fetching trades by id.
+"""The recorder's only network code: the combined stream, trades by id over REST, and the
+daily archive files. Every HTTP request goes through httpx with one overall deadline
+(connect, headers and a body that may trickle in) and one error mapping: 429 and 418 are
+``RateLimited`` (with their Retry-After), an archive file's 404 is ``NotPublished``, any other
+failure is ``RestUnavailable``.
 
 REST reply of ``GET /api/v3/historicalTrades?symbol=BTCUSDT&fromId=3735683259&limit=1000``::
 
@@ -9,11 +13,10 @@ REST reply of ``GET /api/v3/historicalTrades?symbol=BTCUSDT&fromId=3735683259&li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +44,16 @@ __all__ = [
 MAX_FRAME_BYTES = 16 << 20
 # The longest Retry-After we obey: a 418 ban lasts at most 3 days.
 MAX_RETRY_AFTER = 3 * 86_400.0
+# Seconds one archive download may take in all; it resumes where it stopped when run again.
+DOWNLOAD_DEADLINE = 600.0
+_HEADERS = {"User-Agent": "tapewatch-recorder"}
 
 
 class RateLimited(RestUnavailable):
     """HTTP 429 or 418: wait ``retry_after`` seconds before any further request."""
 
-    def __init__(self, status: int, retry_after: float):
-        super().__init__(f"REST answered {status}; retry after {retry_after:g} s", str(status))
+    def __init__(self, status: int, retry_after: float, what: str = "REST"):
+        super().__init__(f"{what} answered {status}; retry after {retry_after:g} s", str(status))
         self.retry_after = retry_after
 
 
@@ -113,23 +119,38 @@ async def open_stream(url: str, open_timeout: float) -> ClientConnection:
 
 def rest_client() -> httpx.AsyncClient:
     """The recorder's one HTTP client (connection reuse across backfill requests)."""
-    return httpx.AsyncClient(headers={"User-Agent": "tapewatch-recorder"}, follow_redirects=False)
+    return httpx.AsyncClient(headers=_HEADERS, follow_redirects=False)
+
+
+@contextlib.asynccontextmanager
+async def _within(seconds: float, what: str) -> AsyncIterator[None]:
+    """Run the block within ``seconds`` in all: a slow reply is a failure, never a hang. A
+    timeout or network failure becomes RestUnavailable naming ``what`` (``"REST <url>"``)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise RestUnavailable(f"{what} took longer than {seconds:g} s", "timeout") from None
+    except httpx.HTTPError as e:
+        raise RestUnavailable(
+            f"{what} unreachable: {str(e) or type(e).__name__}", "error"
+        ) from None
+
+
+def _refused(what: str, resp: httpx.Response) -> RestUnavailable:
+    """The error for a reply that is not what was asked: RateLimited for 429 and 418."""
+    if resp.status_code in (418, 429):
+        wait = retry_after_seconds(resp.headers.get("Retry-After"))
+        return RateLimited(resp.status_code, wait, what)
+    return RestUnavailable(f"{what} answered HTTP {resp.status_code}", str(resp.status_code))
 
 
 async def _get(client: httpx.AsyncClient, url: str, timeout: float) -> Any:
-    """GET ``url`` as JSON within ``timeout`` seconds in all (connect, headers and a body that
-    may trickle in): a slow reply is a failure, never a hang."""
-    try:
-        async with asyncio.timeout(timeout):
-            resp = await client.get(url, timeout=timeout)
-    except TimeoutError:
-        raise RestUnavailable(f"REST {url} took longer than {timeout:g} s", "timeout") from None
-    except httpx.HTTPError as e:
-        raise RestUnavailable(f"REST {url} unreachable: {e or type(e).__name__}", "error") from None
-    if resp.status_code in (418, 429):
-        raise RateLimited(resp.status_code, retry_after_seconds(resp.headers.get("Retry-After")))
+    """GET ``url`` as JSON within ``timeout`` seconds in all."""
+    async with _within(timeout, f"REST {url}"):
+        resp = await client.get(url, timeout=timeout)
     if resp.status_code != 200:
-        raise RestUnavailable(f"REST {url} answered HTTP {resp.status_code}", str(resp.status_code))
+        raise _refused(f"REST {url}", resp)
     try:
         return orjson.loads(resp.content)
     except orjson.JSONDecodeError:
@@ -140,8 +161,8 @@ async def fetch_trades(
     client: httpx.AsyncClient, rest_url: str, symbol: str, from_id: int, limit: int, timeout: float
 ) -> list[Any]:
     """Up to ``limit`` trades of ``symbol`` from id ``from_id`` on, oldest first."""
-    q = urllib.parse.urlencode({"symbol": symbol, "fromId": from_id, "limit": limit})
-    url = f"{rest_url.rstrip('/')}/api/v3/historicalTrades?{q}"
+    q = {"symbol": symbol, "fromId": from_id, "limit": limit}
+    url = str(httpx.URL(f"{rest_url.rstrip('/')}/api/v3/historicalTrades", params=q))
     reply = await _get(client, url, timeout)
     if type(reply) is not list:
         raise RestUnavailable(f"REST {url} did not send a list of trades", "invalid")
@@ -152,45 +173,63 @@ class NotPublished(RestUnavailable):
     """HTTP 404 for an archive file: Binance has not published it (yet)."""
 
 
-def download(url: str, dest: Path, timeout: float = 30.0) -> None:
-    """Download ``url`` to ``dest``, resuming a partial ``dest`` with an HTTP Range request."""
-    have = dest.stat().st_size if dest.exists() else 0
-    headers = {"User-Agent": "tapewatch-recorder"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            mode = "ab" if resp.status == 206 else "wb"
-            expected = int(resp.headers.get("Content-Length") or -1)
-            got = 0
-            with open(dest, mode) as f:
-                while chunk := resp.read(1 << 20):
-                    f.write(chunk)
-                    got += len(chunk)
-            # A dropped connection can end the body early without an error: check the length.
-            if expected >= 0 and got < expected:
-                raise RestUnavailable(
-                    f"{url}: the connection dropped after {got} of {expected} bytes"
-                )
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # nothing left to fetch: the partial file is complete
-            return
-        if e.code == 404:
-            raise NotPublished(f"{url} is not published") from None
-        raise RestUnavailable(f"{url} answered HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise RestUnavailable(f"{url} unreachable: {getattr(e, 'reason', e)}") from None
+def download(
+    url: str, dest: Path, timeout: float = 30.0, deadline: float = DOWNLOAD_DEADLINE
+) -> None:
+    """Download ``url`` to ``dest``, resuming a partial ``dest`` with an HTTP Range request.
+    Each wait for the server may take ``timeout`` seconds, the whole download ``deadline``.
+    Blocking (it runs its own event loop): from async code, call it in a thread."""
+    asyncio.run(_download(url, dest, timeout, deadline))
 
 
 def fetch_text(url: str, timeout: float = 30.0) -> str:
-    """A small text file (a .CHECKSUM); NotPublished on 404."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.read().decode()
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            raise NotPublished(f"{url} is not published") from None
-        raise RestUnavailable(f"{url} answered HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise RestUnavailable(f"{url} unreachable: {getattr(e, 'reason', e)}") from None
+    """A small text file (a .CHECKSUM) within ``timeout`` seconds in all; NotPublished on
+    404, UnicodeDecodeError if it is not UTF-8."""
+    return asyncio.run(_fetch(url, timeout)).decode()
+
+
+def _file_client(timeout: float) -> httpx.AsyncClient:
+    # Redirects are followed (a GET loses nothing); no content coding, so that a Range
+    # offset counts the bytes of the file itself.
+    headers = {**_HEADERS, "Accept-Encoding": "identity"}
+    return httpx.AsyncClient(headers=headers, timeout=timeout, follow_redirects=True)
+
+
+async def _fetch(url: str, timeout: float) -> bytes:
+    async with _file_client(timeout) as client, _within(timeout, url):
+        resp = await client.get(url)
+    if resp.status_code == 404:
+        raise NotPublished(f"{url} is not published", "404")
+    if resp.status_code != 200:
+        raise _refused(url, resp)
+    return resp.content
+
+
+async def _download(url: str, dest: Path, timeout: float, deadline: float) -> None:
+    have = dest.stat().st_size if dest.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    got, expected = 0, -1
+    async with (
+        _file_client(timeout) as client,
+        _within(deadline, url),
+        client.stream("GET", url, headers=headers) as resp,
+    ):
+        if resp.status_code == 416 and have:  # nothing left to fetch: the file is complete
+            return
+        if resp.status_code == 404:
+            raise NotPublished(f"{url} is not published", "404")
+        if resp.status_code not in (200, 206):
+            raise _refused(url, resp)
+        expected = int(resp.headers.get("Content-Length") or -1)
+        # 206: the rest of the file, after what we have; 200: the whole file, from 0.
+        with open(dest, "ab" if resp.status_code == 206 else "wb") as f:
+            try:
+                async for chunk in resp.aiter_raw():  # as it arrives: kept if the rest fails
+                    f.write(chunk)
+                    got += len(chunk)
+            except httpx.TransportError:
+                if expected < 0:  # no length to say what is missing
+                    raise
+    # A dropped connection can end the body early: what arrived is kept for the next try.
+    if expected >= 0 and got < expected:
+        raise RestUnavailable(f"{url}: the connection dropped after {got} of {expected} bytes")

@@ -17,15 +17,15 @@ import orjson
 import polars as pl
 from conftest import UNIT
 
+from engine.live.alerts import Alert, Alerter
 from engine.model import ModelParams, walk_forward
 from engine.pipeline import Settings
 from engine.scan import open_store
-from engine.watch import Alert, Alerter, Watcher, WatchOptions
+from engine.watch import Watcher, WatchOptions
 from engine.windows import build_windows
-from recorder.store import layout
 from recorder.compact import compact_hour
 from recorder.frames import decode_frame
-from recorder.store import init_store
+from recorder.store import init_store, layout
 from recorder.writer import StoreWriter
 
 P = ModelParams(buffer=100, retrain_every=20, trees=25)

@@ -32,8 +32,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_watch import history, run_watcher, settings
 
 from engine.cli import main
+from engine.live.alerts import Alert, Alerter
 from engine.metrics import MetricsServer, WatchCollector, WatchCounts
-from engine.watch import Alert, Alerter, Watcher, WatchOptions
+from engine.watch import Watcher, WatchOptions
 
 GRACE_MS = 1000
 
