@@ -8,7 +8,7 @@
 --         archive's (among equals the Parquet one), as compaction does.
 -- gaps:   trade ids the recorder could not fetch, with the trade times around them.
 -- Only well-formed partitions are read (symbol= ASCII capitals and digits, date= a real day,
--- hour= 00 to 23), as in recorder/layout.py: a copied hour=23.bak or date=garbage is ignored.
+-- hour= 00 to 23), as in recorder/store/layout.py: a copied hour=23.bak or date=garbage is ignored.
 -- Times are TIMESTAMPTZ (UTC); this script sets the session to UTC so they print as such.
 -- Raw keys t/T, e/E, m/M collide in DuckDB's case-insensitive columns, so open hours are read
 -- as JSON values and extracted with case-sensitive paths.
@@ -96,7 +96,7 @@ WHERE coalesce(d->>'$.t', r->>'$.id') IS NOT NULL;
 -- A compacted hour is unique by trade id (compaction and imports make it so); copies can only
 -- meet in an hour that still holds NDJSON (the open hour, or a crash's leftovers). So only
 -- those hours are deduplicated, and the rest of history streams through untouched. The
--- richest copy wins (recorder/schema.py SOURCE_RANK), so an archive imported into an hour whose
+-- richest copy wins (recorder/store/schema.py SOURCE_RANK), so an archive imported into an hour whose
 -- NDJSON was not compacted yet does not hide the recorder's copy.
 -- The open hours are listed once (materialized), so an NDJSON file that appears during the
 -- query is either deduplicated against its hour's Parquet or not seen at all.
