@@ -37,8 +37,9 @@ import orjson
 from engine import config
 from engine.errors import InputError
 from engine.live import iso_ms
-from engine.live.alerts import Alert, Alerter, check_webhook
+from engine.live.alerts import Alert, Alerter
 from engine.live.follower import StoreFollower
+from engine.live.hooks import check_webhook
 from engine.live.scorer import LiveScorer, Scored
 from engine.metrics import MetricsServer, WatchCollector, WatchCounts, parse_addr
 from engine.model import Fitted

@@ -5,7 +5,8 @@
 - ``scorer``: scores each closed window with the walk-forward model of ``engine/model.py``
   (its ``refit_plan`` and ``scoreable``), so live equals batch window for window. Pure: no
   store, no clock, no output.
-- ``alerts``: delivers flagged windows to the hooks (``--on-anomaly``, ``--webhook``).
+- ``alerts``: the bounded queue that delivers flagged windows to the hooks, on a thread.
+- ``hooks``: the hooks themselves (``--on-anomaly``, ``--webhook``) and the URL check.
 """
 
 from __future__ import annotations
