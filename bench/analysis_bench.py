@@ -1,7 +1,9 @@
 """Horizons over a year, the sweep grid versus separate runs, and storage figures.
 
 1. Horizons: 1,576,800 windows of 20 s (a year; synthetic features, 5 % flagged), four
-   horizons (1, 5, 15, 30 min), both metrics, with the block bootstrap (``--reps``).
+   horizons (1, 5, 15, 30 min), both metrics, with the block bootstrap (``--reps``), as its
+   own process (``_measure.py``): wall time (start-up and synthesis included) and peak RSS,
+   then each step's seconds as the child timed them (``compare``'s parts in brackets).
 2. Sweep: 10 s, 20 s, 30 s and 60 s windows over ``--days`` days of the engine_bench store,
    one scan for the grid versus four separate builds.
 3. Storage: the real capture (19,904 trades) and one synthetic hour at BTCUSDT scale
@@ -9,37 +11,74 @@
    bytes per trade in each, and compaction time.
 
     python bench/analysis_bench.py --days 30
+    python bench/analysis_bench.py --only horizons   # the year's horizon table alone
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from _measure import run_measured  # noqa: E402
+
 T0 = 1_735_689_600_000
+STEPS = ("horizons", "sweep", "storage")
+# compare()'s parts: (label, functions of engine.horizons), the first that exists is timed
+# (so that the script also times older versions of the module).
+PARTS = (
+    ("propensity", ("propensity_strata",)),
+    ("block lengths", ("_block_estimates", "block_length")),
+    ("tables", ("_table_columns",)),
+    ("bootstrap", ("_block_sums", "block_sums")),
+    ("Mann-Whitney", ("_mann_whitney_greater", "scipy mannwhitneyu")),
+)
 
 
-def horizons(n: int, reps: int) -> None:
-    from engine.horizons import (
-        adjustment_covariates,
-        compare,
-        forward_moves,
-        group_windows,
-        horizons_for,
-    )
+@contextlib.contextmanager
+def timed_calls(module: ModuleType, names: tuple[str, ...]) -> Iterator[dict[str, float]]:
+    """Seconds spent in each of ``module``'s functions ``names`` (those it has) while the
+    block runs, calls from inside the module included: the functions are wrapped in place
+    and put back afterwards."""
+    saved = {name: getattr(module, name) for name in names if hasattr(module, name)}
+    spent = dict.fromkeys(saved, 0.0)
 
+    def wrap(name, f):
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t
+
+        return timed
+
+    for name, f in saved.items():
+        setattr(module, name, wrap(name, f))
+    try:
+        yield spent
+    finally:
+        for name, f in saved.items():
+            setattr(module, name, f)
+
+
+def horizon_windows(n: int) -> pl.DataFrame:
+    """``n`` scored 20 s windows: gamma volatility, returns that scale with it, 5 % flagged."""
     rng = np.random.default_rng(0)
     vol = rng.gamma(2.0, 2.0, n)
     ret = rng.normal(0, 1e-4, n) * vol
-    w = pl.DataFrame(
+    return pl.DataFrame(
         {
             "window_start": pl.datetime_range(
                 pl.datetime(2025, 1, 1, time_zone="UTC"),
@@ -55,16 +94,46 @@ def horizons(n: int, reps: int) -> None:
             "prediction": pl.Series(np.where(rng.random(n) < 0.05, -1, 1), dtype=pl.Int8),
         }
     )
-    hs = horizons_for(
+
+
+def horizons_child(n: int, reps: int) -> None:
+    """The horizon table over ``n`` windows, in this process: one line of step times."""
+    from scipy import stats
+
+    import engine.horizons as hz
+
+    t = time.perf_counter()
+    w = horizon_windows(n)
+    synthesis = time.perf_counter() - t
+    hs = hz.horizons_for(
         [("1m", 60_000), ("5m", 300_000), ("15m", 900_000), ("30m", 1_800_000)], 20_000
     )
-    t = time.perf_counter()
-    moves = forward_moves(w, hs)
-    groups = group_windows(w, "trailing", 500)
-    rows = compare(moves, groups, adjustment_covariates(w), hs, reps=reps)
+    steps = ("forward_moves", "group_windows", "adjustment_covariates", "compare")
+    parts = tuple(name for _, names in PARTS for name in names)
+    with timed_calls(hz, steps + parts) as spent, timed_calls(stats, ("mannwhitneyu",)) as mw:
+        moves = hz.forward_moves(w, hs)
+        groups = hz.group_windows(w, "trailing", 500)
+        cov = hz.adjustment_covariates(w)
+        rows = hz.compare(moves, groups, cov, hs, reps=reps)
+    spent["scipy mannwhitneyu"] = mw["mannwhitneyu"]
+    timed = [(label, [name for name in names if name in spent]) for label, names in PARTS]
+    inner = ", ".join(f"{label} {spent[names[0]]:.1f} s" for label, names in timed if names)
+    print(
+        f"synthesis {synthesis:.1f} s, "
+        + ", ".join(f"{name} {spent[name]:.1f} s" for name in steps)
+        + f" ({inner}); {len(rows)} rows"
+    )
+
+
+def horizons(n: int, reps: int) -> None:
+    cmd = [sys.executable, __file__, "--child-horizons", "--windows", str(n), "--reps", str(reps)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "steps.txt"
+        secs, rss = run_measured(cmd, stdout=out)
+        steps = out.read_text().strip()
     print(
         f"horizons: {n:,} windows x 4 horizons x 2 metrics, {reps} bootstrap reps: "
-        f"{time.perf_counter() - t:.1f} s ({len(rows)} rows)"
+        f"{secs:.1f} s whole process, peak RSS {rss:,.0f} MB; steps: {steps}"
     )
 
 
@@ -90,8 +159,8 @@ def sweep(store: Path, days: int) -> None:
 def storage(hour_trades: int) -> None:
     from recorder.compact import compact_hour
     from recorder.frames import decode_frame
-    from recorder.layout import hour_of
     from recorder.store import init_store
+    from recorder.store.layout import hour_of
     from recorder.writer import StoreWriter
 
     capture = ROOT / "recorder" / "samples" / "btcusdt-trade-2024-08-08T2354Z.combined.jsonl.gz"
@@ -145,13 +214,25 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=4_000_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/tapewatch-bench"))
     ap.add_argument("--hour-trades", type=int, default=170_000)
+    ap.add_argument(
+        "--only", default=",".join(STEPS), help="comma-separated steps to run: " + ", ".join(STEPS)
+    )
+    ap.add_argument("--child-horizons", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "bench"))
+    if args.child_horizons:
+        horizons_child(args.windows, args.reps)
+        return
+    only = args.only.split(",")
+    if unknown := set(only) - set(STEPS):
+        ap.error(f"unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
     from engine_bench import build
 
-    horizons(args.windows, args.reps)
-    sweep(build(args.work, args.days, args.rate), args.days)
-    storage(args.hour_trades)
+    if "horizons" in only:
+        horizons(args.windows, args.reps)
+    if "sweep" in only:
+        sweep(build(args.work, args.days, args.rate), args.days)
+    if "storage" in only:
+        storage(args.hour_trades)
 
 
 if __name__ == "__main__":

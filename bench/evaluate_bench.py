@@ -4,8 +4,8 @@ A window tape of ``--windows`` rows (default a year, 1,576,800) is synthesized d
 trades): persistent latent log-volatility (AR(1), phi 0.999 a window), an intraday cycle, trade
 counts that follow it, and 5 % of windows flagged in clustered runs. The evaluation runs four
 horizons (1, 5, 15, 30 min), the model and its three competitor flags, both metrics, in its own
-process (``_measure.py``: wall time includes start-up and synthesis; the evaluation alone is
-printed by the child).
+process (``_measure.py``: wall time includes start-up and synthesis; the evaluation alone,
+and its steps, are printed by the child).
 
     python bench/evaluate_bench.py                 # a year
     python bench/evaluate_bench.py --windows 60000 # a smoke run
@@ -23,10 +23,20 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import run_measured
+from analysis_bench import timed_calls
 
 YEAR = 365 * 86_400 // 20
 T0_MS = 1_735_689_600_000  # 2025-01-01 UTC
 HORIZONS = [("1m", 60_000), ("5m", 300_000), ("15m", 900_000), ("30m", 1_800_000)]
+# The evaluation's steps: (label, functions of engine.evaluate), the first that exists is
+# timed (so that the script also times older versions of the module).
+STEPS = (
+    ("design", ("design",)),
+    ("forecasts", ("walk_forward_ols",)),
+    ("adjustment", ("_adjusted_residuals", "residualize")),
+    ("rotations", ("rotation_stats",)),
+    ("row statistics", ("_row",)),
+)
 
 
 def synthetic_windows(n: int, every_s: int = 20, seed: int = 0) -> pl.DataFrame:
@@ -59,18 +69,22 @@ def synthetic_windows(n: int, every_s: int = 20, seed: int = 0) -> pl.DataFrame:
 
 
 def child(n: int) -> None:
-    from engine.evaluate import evaluate
+    import engine.evaluate as evaluation
     from engine.horizons import horizons_for
 
     t = time.perf_counter()
     w = synthetic_windows(n)
     built = time.perf_counter() - t
-    t = time.perf_counter()
-    ev = evaluate(w, horizons_for(HORIZONS, 20_000), 20_000)
-    took = time.perf_counter() - t
+    names = tuple(name for _, names in STEPS for name in names)
+    with timed_calls(evaluation, names) as spent:
+        t = time.perf_counter()
+        ev = evaluation.evaluate(w, horizons_for(HORIZONS, 20_000), 20_000)
+        took = time.perf_counter() - t
+    timed = [(label, [name for name in names if name in spent]) for label, names in STEPS]
+    steps = ", ".join(f"{label} {spent[names[0]]:.1f} s" for label, names in timed if names)
     model = [r for r in ev.rows if r["flag"] == "model" and r["metric"] == "log_rv"]
     print(
-        f"synthesis {built:.1f} s; evaluate {took:.1f} s; {len(ev.rows)} rows; "
+        f"synthesis {built:.1f} s; evaluate {took:.1f} s ({steps}); {len(ev.rows)} rows; "
         f"flag rate {ev.flag_rate:.3f}; model effects "
         + ", ".join(f"{r['horizon']} {r['effect']:.3f} (p {r['p_value']:.3f})" for r in model)
     )

@@ -38,6 +38,7 @@ __all__ = [
     "long_run_variance",
     "residualize",
     "rotation_p",
+    "rotation_spectrum",
     "rotation_stats",
     "walk_forward_ols",
 ]
@@ -167,17 +168,28 @@ def fft_length(n: int) -> int:
     return max(n, 0)
 
 
-def rotation_stats(y_res: np.ndarray, flags: np.ndarray) -> np.ndarray:
+def rotation_spectrum(flags: np.ndarray) -> np.ndarray:
+    """The flags' real FFT along the windows, for :func:`rotation_stats` (reused when several
+    outcomes are rotated against the same flags)."""
+    from scipy import fft
+
+    return fft.rfft(flags.astype(np.float64), axis=0)
+
+
+def rotation_stats(
+    y_res: np.ndarray, flags: np.ndarray, spectrum: np.ndarray | None = None
+) -> np.ndarray:
     """``stat[s, j] = sum_i flags[(i - s) mod n, j] * y_res[i]`` for every circular shift ``s``
     in ``0 .. n-1`` and every flag column ``j``, all at once (circular cross-correlations by
     FFT). With ``y_res`` the outcome's residual on the covariates, ``stat[s, j]`` is the
     numerator of the shifted flag's Frisch-Waugh coefficient; ``stat[0, j]`` is the observed
-    one. Fast when ``n`` has only small prime factors (:func:`fft_length`)."""
+    one. Fast when ``n`` has only small prime factors (:func:`fft_length`). ``spectrum``:
+    :func:`rotation_spectrum` of ``flags``, if already computed."""
     from scipy import fft
 
     n = len(y_res)
     fy = fft.rfft(y_res)
-    ff = fft.rfft(flags.astype(np.float64), axis=0)
+    ff = rotation_spectrum(flags) if spectrum is None else spectrum
     return fft.irfft(fy[:, None] * np.conj(ff), n, axis=0)
 
 

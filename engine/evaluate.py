@@ -75,9 +75,8 @@ Errors: :class:`engine.errors.InputError` (bad parameters), :class:`engine.error
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,11 +94,12 @@ from engine.econometrics import (
     flag_effect,
     residualize,
     rotation_p,
+    rotation_spectrum,
     rotation_stats,
     walk_forward_ols,
 )
 from engine.errors import DataError
-from engine.har import COMPETITORS, FLAGS, EvalParams, design, targets
+from engine.har import COMPETITORS, FLAGS, Design, EvalParams, design, targets
 from engine.horizons import Horizon, horizons_for
 
 if TYPE_CHECKING:
@@ -222,30 +222,138 @@ def _row(
     return row
 
 
-def _design_rows(
-    sl: slice, xe: np.ndarray, pb: np.ndarray, plain: list[int], edges: np.ndarray
-) -> np.ndarray:
-    """Rows ``sl`` of the adjustment design: the baseline's inputs, its forecast, and the
-    inputs' decile steps (built per chunk: for a year they would take 1.6 GB at once)."""
-    return np.column_stack([xe[sl], pb[sl], quantile_steps(xe[sl][:, plain], edges)])
+def _adjustment_rows(
+    x: np.ndarray, rows: np.ndarray, n_base: int, plain: list[int], edges: np.ndarray
+) -> Callable[[slice], np.ndarray]:
+    """The adjustment design of the evaluation sample ``rows`` (of ``x``), a slice of it at a
+    time: the baseline's inputs and the decile steps of the ``plain`` ones. Built per chunk
+    into one reused buffer: for a year the whole would take 1.6 GB, and fresh pages for
+    every chunk cost more than the arithmetic."""
+    width = n_base + len(plain) * len(edges)
+    buffer = np.empty(0)
+
+    def part(sl: slice) -> np.ndarray:
+        nonlocal buffer
+        r = rows[sl]
+        if len(buffer) < len(r) * width:
+            buffer = np.empty(len(r) * width)
+        out = buffer[: len(r) * width].reshape(len(r), width)
+        xr = x[r]
+        out[:, :n_base] = xr[:, :n_base]
+        quantile_steps(xr[:, plain], edges, out=out[:, n_base:])
+        return out
+
+    return part
 
 
-def decile_edges(x: np.ndarray, q: int = 10) -> np.ndarray:
-    """The ``q - 1`` inner quantiles of each column of ``x``, shape ``(q - 1, columns)``."""
-    if len(x) == 0:
-        return np.zeros((q - 1, x.shape[1]))
-    return np.quantile(x, np.arange(1, q) / q, axis=0)
+def decile_edges(columns: Sequence[np.ndarray], q: int = 10) -> np.ndarray:
+    """The ``q - 1`` inner quantiles of each column, shape ``(q - 1, columns)`` (0 for an
+    empty column)."""
+    at = np.arange(1, q) / q
+    out = np.zeros((q - 1, len(columns)))
+    for j, c in enumerate(columns):  # one contiguous column at a time: axis=0's numbers, faster
+        if len(c):
+            out[:, j] = np.quantile(np.ascontiguousarray(c), at)
+    return out
 
 
-def quantile_steps(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def quantile_steps(x: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """For each column of ``x``, the indicators ``x > edge``: with the column itself, a
-    flexible (piecewise) function of it in a linear regression."""
-    return (x[:, None, :] > edges[None, :, :]).reshape(len(x), -1).astype(np.float64)
+    flexible (piecewise) function of it in a linear regression. Columns edge by edge (all
+    the columns' first edges, then their second ...); into ``out`` if given."""
+    if out is None:
+        out = np.empty((len(x), edges.size))
+    np.greater(x[:, None, :], edges[None, :, :], out=out.reshape(len(x), *edges.shape))
+    return out
 
 
 def _qlike(logrv: np.ndarray, pred: np.ndarray) -> float:
     q = np.exp(logrv - pred)
     return float(np.mean(q - np.log(q) - 1))
+
+
+def _horizon_rows(
+    tp: Design,
+    h: Horizon,
+    starts: np.ndarray,
+    models: list[np.ndarray],
+    min_rows: int,
+    every_ms: int,
+    p: EvalParams,
+) -> tuple[dict[tuple[str, str, str], dict[str, Any]], int]:
+    """The rows of one horizon (keyed by metric, horizon, flag) and its evaluation sample's
+    size. One function per horizon so that its arrays (hundreds of MB for a year) are gone
+    before the next horizon's are made."""
+    k = h.k
+    y, future_ok = targets(tp, k)
+    train = tp.base_ok & future_ok
+    pred = walk_forward_ols(tp.x, y, train, starts, k, models, min_rows, tp.enter_after)
+    ev = np.flatnonzero(train & np.isfinite(pred[:, 0, 0]) & np.isfinite(y).all(axis=1))
+    # Start the sample up to ~0.1 % later so that its length suits the rotation's FFT.
+    ev = ev[len(ev) - fft_length(len(ev)) :]
+    pe, ye = pred[ev], y[ev]
+    del pred, y, train, future_ok
+    per_day = max(1, round(p.min_shift_ms / every_ms))
+    min_shift = max(min(per_day, len(ev) // 4), 2 * k + max(1, round(HALF_HOUR_MS / every_ms)))
+    fe = tp.x[ev, tp.n_base :]
+    blocks = np.searchsorted(starts, ev, side="right")  # the refit block of each row
+    res = _adjusted_residuals(tp, ev, ye, pe[:, :, 0], fe)
+    spectrum = rotation_spectrum(fe) if len(ev) else None  # the flags' FFT, for both metrics
+    rows = {}
+    for mi, metric in enumerate(METRICS):
+        rot = rotation_stats(res[mi][:, 0], fe, spectrum) if len(ev) else np.zeros((0, len(FLAGS)))
+        for j, name in enumerate(FLAGS):
+            rows[(metric, h.label, name)] = _row(
+                h.label,
+                name,
+                metric,
+                ye[:, mi],
+                pe[:, mi, 0],
+                pe[:, mi, 1 + j],
+                fe[:, j],
+                res[mi][:, 0],
+                res[mi][:, 1 + j],
+                rot[:, j],
+                k,
+                min_shift,
+                None if j == 0 else pe[:, mi, 1],
+                blocks,
+                p,
+            )
+    return rows, len(ev)
+
+
+def _adjusted_residuals(
+    tp: Design, ev: np.ndarray, ye: np.ndarray, pb: np.ndarray, fe: np.ndarray
+) -> list[np.ndarray]:
+    """Per metric, the residuals of its outcome and of the flags on the adjustment design:
+    the baseline's forecast of that metric, its inputs, and the inputs' decile steps.
+
+    The effect is judged beyond the forecast and beyond every input of it, fitted on the
+    evaluation sample: on a short history the walk-forward fit errs most where volatility is
+    extreme, which is where a flag that reads volatility fires. The inputs enter with decile
+    steps too: a flag that is only a threshold on one of them (quiet or busy windows) would
+    otherwise "add" the baseline's nonlinearity.
+
+    The two metrics share all of the design but the forecast, so everything (both outcomes,
+    the flags and both forecasts) is residualized on the shared part in one pass, and then
+    on the metric's own forecast residual (Frisch-Waugh: the same residuals as regressing on
+    the whole design at once, to rounding)."""
+    plain = [i for i in range(1, tp.n_base) if tp.enter_after[i] == 0]  # not the season terms
+    edges = decile_edges([tp.x[ev, c] for c in plain])
+    m = len(METRICS)
+    shared = residualize(
+        np.column_stack([ye, fe, pb]), _adjustment_rows(tp.x, ev, tp.n_base, plain, edges)
+    )
+    out = []
+    for mi in range(m):
+        v = shared[:, [mi, *range(m, m + fe.shape[1])]]
+        f = shared[:, m + fe.shape[1] + mi]
+        ff = float(f @ f)
+        if ff > 1e-12 * float(pb[:, mi] @ pb[:, mi]):  # else the forecast is in the design
+            v -= np.outer(f, (f @ v) / ff)
+        out.append(v)
+    return out
 
 
 def evaluate(
@@ -269,50 +377,10 @@ def evaluate(
     min_rows = max(50, 10 * tp.x.shape[1])
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     evaluated = 0
-    plain = [i for i in range(1, tp.n_base) if tp.enter_after[i] == 0]  # not the season terms
     for h in horizons:
-        k = h.k
-        y, future_ok = targets(tp, k)
-        train = tp.base_ok & future_ok
-        pred = walk_forward_ols(tp.x, y, train, starts, k, models, min_rows, tp.enter_after)
-        ev = np.flatnonzero(train & np.isfinite(pred[:, 0, 0]) & np.isfinite(y).all(axis=1))
-        # Start the sample up to ~0.1 % later so that its length suits the rotation's FFT.
-        ev = ev[len(ev) - fft_length(len(ev)) :]
-        evaluated = max(evaluated, len(ev))
-        per_day = max(1, round(p.min_shift_ms / every_ms))
-        min_shift = max(min(per_day, len(ev) // 4), 2 * k + max(1, round(HALF_HOUR_MS / every_ms)))
-        xe, fe, pe = tp.x[ev, : tp.n_base], tp.x[ev, tp.n_base :], pred[ev]
-        edges = decile_edges(xe[:, plain])
-        blocks = np.searchsorted(starts, ev, side="right")  # the refit block of each row
-        for mi, metric in enumerate(METRICS):
-            ye, pb = y[ev, mi], pe[:, mi, 0]
-
-            # The effect is judged beyond the forecast and beyond every input of it, fitted on
-            # the evaluation sample: on a short history the walk-forward fit errs most where
-            # volatility is extreme, which is where a flag that reads volatility fires. The
-            # inputs enter with decile steps too: a flag that is only a threshold on one of
-            # them (quiet or busy windows) would otherwise "add" the baseline's nonlinearity.
-            rows_of = functools.partial(_design_rows, xe=xe, pb=pb, plain=plain, edges=edges)
-            res = residualize(np.column_stack([ye, fe]), rows_of)
-            rot = rotation_stats(res[:, 0], fe) if len(ev) else np.zeros((0, len(FLAGS)))
-            for j, name in enumerate(FLAGS):
-                rows[(metric, h.label, name)] = _row(
-                    h.label,
-                    name,
-                    metric,
-                    ye,
-                    pb,
-                    pe[:, mi, 1 + j],
-                    fe[:, j],
-                    res[:, 0],
-                    res[:, 1 + j],
-                    rot[:, j],
-                    k,
-                    min_shift,
-                    None if j == 0 else pe[:, mi, 1],
-                    blocks,
-                    p,
-                )
+        got, n_ev = _horizon_rows(tp, h, starts, models, min_rows, every_ms, p)
+        rows.update(got)
+        evaluated = max(evaluated, n_ev)
     ordered = [rows[(m, h.label, name)] for m in METRICS for h in horizons for name in FLAGS]
     family = [r for r in ordered if r["p_value"] is not None]
     for r, adj in zip(family, bh_adjust([r["p_value"] for r in family]), strict=True):

@@ -205,8 +205,14 @@ def design(w: pl.DataFrame, every_ms: int, p: EvalParams) -> Design:
     phase = 2 * np.pi * (end % DAY_MS) / DAY_MS
     cov += [np.sin(phase), np.cos(phase), np.sin(2 * phase), np.cos(2 * phase)]
     cov.append(((end // DAY_MS + 3) % 7 >= 5).astype(np.float64))  # Saturday, Sunday (UTC)
-    c = np.column_stack(cov)
-    enter_after = np.zeros(1 + c.shape[1] + len(FLAGS), dtype=np.int64)
+    # x is filled in place (intercept, covariates, flags): for a year each copy is 280 MB.
+    x = np.empty((n, 1 + len(cov) + len(FLAGS)))
+    x[:, 0] = 1.0
+    c = x[:, 1 : 1 + len(cov)]
+    for j, col in enumerate(cov):
+        c[:, j] = col
+    del cov
+    enter_after = np.zeros(x.shape[1], dtype=np.int64)
     enter_after[1 + n_plain : 1 + c.shape[1]] = windows(p.season_after_ms)
 
     pred = _req(w, "prediction")
@@ -216,24 +222,26 @@ def design(w: pl.DataFrame, every_ms: int, p: EvalParams) -> Design:
     ref = c[fit] if fit.any() else c[base_ok] if base_ok.any() else np.zeros((1, c.shape[1]))
     mu, sd = ref.mean(axis=0), ref.std(axis=0)
     sd[~(sd > 0)] = 1.0
-    c = (c - mu) / sd  # scaling with the warm-up only: conditioning, not information
+    c -= mu  # scaling with the warm-up only: conditioning, not information
+    c /= sd
 
     model = (pred == -1).astype(np.float64)
     may = base_ok & (np.arange(n) >= warmup)
     rate = float(model[may].mean()) if may.any() else None
     zspan = windows(p.zscore_ms)
     flags = [model]
-    for x, okx in ((tc, ~gap), (np.abs(np.nan_to_num(r)), ok), (rel, ok)):
-        m, s, _ = _trailing(x, okx, zspan, current=False)
+    for v, okv in ((tc, ~gap), (np.abs(np.nan_to_num(r)), ok), (rel, ok)):
+        m, s, _ = _trailing(v, okv, zspan, current=False)
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.where(s > 0, (x - m) / s, np.nan)
+            z = np.where(s > 0, (v - m) / s, np.nan)
         zs = np.where(np.isfinite(z), z, -np.inf)
         hit = np.zeros(n)
         if rate and may.any():
             thr = float(np.quantile(zs[may], 1 - rate))
             hit = ((zs > thr) & np.isfinite(zs)).astype(np.float64)
         flags.append(hit)
-    x = np.column_stack([np.ones(n), c, *flags])
+    for j, f in enumerate(flags):
+        x[:, 1 + c.shape[1] + j] = f
     return Design(
         r, ok, last, x, 1 + c.shape[1], enter_after, base_ok, warmup, floor, floor_abs, rate
     )

@@ -129,6 +129,32 @@ def test_statistics_equal_direct_computation():
     )
 
 
+def test_naive_p_and_medians_equal_scipy_and_numpy_with_ties():
+    """Moves on a coarse grid (many ties, many exact zeros, a -0.0): the naive p-values are
+    scipy's to the last bit, though the normal windows are ranked once for all groups."""
+    y, g, vol = _random_case(n=5000, seed=3)
+    y = np.round(y * 4) / 4
+    y[::7] = 0.0
+    y[3] = -0.0
+    g[g == "both"] = "if_only"
+    g[:3] = "both"  # a group of 3 goes to scipy's exact method
+    rows = compare(
+        pl.DataFrame({"m@1m": y}),
+        pl.Series(g),
+        pl.DataFrame({"vol": np.log(vol)}),
+        [Horizon("1m", 60_000, 3)],
+        reps=20,
+        metrics=("m",),
+    )
+    normal = y[g == "normal"]
+    for r in rows[1:]:
+        v = y[g == r["group"]]
+        assert r["p_naive"] == mannwhitneyu(v, normal, alternative="greater").pvalue
+        assert r["median"] == np.median(v)
+        assert r["ratio_median"] == np.median(v) / np.median(normal)
+    assert (g == "both").sum() == 3
+
+
 def test_adjusted_ratio_removes_pure_volatility_clustering():
     """A detector that merely fires more in volatile regimes (and, within a regime, at
     random): a big raw ratio and a tiny naive p-value, but an adjusted ratio near 1."""

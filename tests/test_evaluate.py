@@ -29,6 +29,7 @@ from engine.econometrics import (
     long_run_variance,
     residualize,
     rotation_p,
+    rotation_spectrum,
     rotation_stats,
     walk_forward_ols,
 )
@@ -440,3 +441,32 @@ def test_residuals_from_chunked_normal_equations_equal_the_whole_matrix():
     whole = residualize(v, z)
     assert residualize(v, lambda sl: z[sl], chunk=97) == pytest.approx(whole, abs=1e-10)
     assert abs(whole[:, 0] @ z).max() < 1e-8  # residuals are orthogonal to every column
+
+
+def test_adjustment_shares_the_design_between_metrics_exactly_to_rounding():
+    """Both metrics' outcomes and the flags are residualized on the shared design once,
+    then on the metric's own forecast (Frisch-Waugh): the residuals of regressing on the
+    whole design [inputs, forecast, decile steps] at once."""
+    from engine.evaluate import _adjusted_residuals, decile_edges, quantile_steps
+
+    tp = design(window_tape(2, "noise", days=1.0), EVERY_MS, EvalParams())
+    rng = np.random.default_rng(8)
+    ev = np.flatnonzero(tp.base_ok)[:2000]
+    xe, fe = tp.x[ev, : tp.n_base], tp.x[ev, tp.n_base :]
+    ye = rng.normal(size=(len(ev), 2)) + xe[:, 1:2]
+    pb = xe[:, 1:3] + rng.normal(0, 0.1, size=(len(ev), 2))
+    got = _adjusted_residuals(tp, ev, ye, pb, fe)
+    plain = [i for i in range(1, tp.n_base) if tp.enter_after[i] == 0]
+    steps = quantile_steps(xe[:, plain], decile_edges(list(xe[:, plain].T)))
+    for m in range(2):
+        z = np.column_stack([xe, pb[:, m], steps])
+        whole = residualize(np.column_stack([ye[:, m], fe]), z)
+        np.testing.assert_allclose(got[m], whole, rtol=0, atol=1e-8)
+
+
+def test_rotation_statistics_reuse_the_flags_spectrum():
+    rng = np.random.default_rng(10)
+    flags = np.column_stack([_clustered(rng, 96), rng.random(96) < 0.1])
+    y = rng.normal(size=96)
+    spectrum = rotation_spectrum(flags)
+    assert np.array_equal(rotation_stats(y, flags, spectrum), rotation_stats(y, flags))

@@ -27,6 +27,7 @@ from engine.horizons import (
     forward_moves,
     group_windows,
     horizons_for,
+    politis_white,
 )
 
 T0 = 1_723_075_200_000  # 2024-08-08T00:00:00Z
@@ -59,6 +60,30 @@ def test_a_bootstrap_replicate_sums_the_windows_it_resamples():
     for r in range(reps):
         idx = np.concatenate([(s + np.arange(block)) % n for s in starts[r]])[:n]
         np.testing.assert_allclose(got[r], values[idx].sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
+def test_politis_white_by_fft_is_arch_to_rounding():
+    """The autocovariances from one FFT, not arch's three dot products per lag: the same
+    block lengths to rounding, on a persistent series, a short-memory one and a rare
+    indicator, for several lengths."""
+    rng = np.random.default_rng(4)
+    for n in (50, 600, 20_000):
+        x = np.column_stack(
+            [_ar1(n, 0.95, 5), np.abs(_ar1(n, 0.3, 6)), rng.random(n) < 0.05 + 1 / n]
+        )
+        x = x[:, np.ptp(x, axis=0) > 0]
+        want = optimal_block_length(x)["circular"].to_numpy()
+        np.testing.assert_allclose(politis_white(x), want, rtol=1e-9)
+        for j in range(x.shape[1]):  # a column's length does not depend on the others
+            assert politis_white(x[:, j])[0] == politis_white(x)[j]
+
+
+def test_replicates_do_not_depend_on_how_the_starts_are_drawn_in_chunks():
+    values = np.random.default_rng(5).normal(size=(1000, 3))
+    whole = block_sums(values, 7, 50, np.random.default_rng(1))
+    for chunk_entries in (1, 143, 1000):
+        got = block_sums(values, 7, 50, np.random.default_rng(1), chunk_entries=chunk_entries)
+        assert np.array_equal(got, whole)
 
 
 def _level_tape(seed: int, days: int = 3) -> pl.DataFrame:
