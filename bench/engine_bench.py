@@ -98,7 +98,7 @@ def main() -> None:
     secs = time.perf_counter() - t
     rate = refits / secs
     print(
-        f"walk-forward (scikit-learn, {args.jobs} jobs): {refits} refits in {secs:.1f} s = {rate:.0f} refits/s; "
+        f"walk-forward ({ModelParams().backend}, {args.jobs} jobs): {refits} refits in {secs:.1f} s = {rate:.0f} refits/s; "
         f"a year of 20 s windows ({(YEAR_WINDOWS - 500) // 100} refits) ~ {(YEAR_WINDOWS - 500) // 100 / rate:.0f} s"
     )
 

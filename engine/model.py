@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from engine.errors import InputError
+from engine.errors import DataError, InputError
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -31,7 +31,7 @@ __all__ = [
 from engine import config
 
 DEFAULT_FEATURES = config.FEATURES
-BACKENDS = ("sklearn", "numpy")
+BACKENDS = config.BACKENDS
 ALL_FEATURES = (
     "trade_count",
     "volume",
@@ -58,8 +58,9 @@ class ModelParams:
         bad = [f for f in self.features if f not in ALL_FEATURES]
         if bad:
             raise InputError(f"unknown feature {bad[0]!r}; choose from {', '.join(ALL_FEATURES)}")
-        if self.buffer < 2 or self.retrain_every < 1 or self.trees < 1:
-            raise InputError("--buffer must be at least 2, --retrain-every and --trees at least 1")
+        if self.buffer < 3 or self.retrain_every < 1 or self.trees < 1:
+            # isotree needs 3 training rows; one floor for both backends.
+            raise InputError("--buffer must be at least 3, --retrain-every and --trees at least 1")
         if not 0 < self.contamination <= 0.5:
             raise InputError("--contamination must be in (0, 0.5]")
         if self.backend not in BACKENDS:
@@ -91,19 +92,74 @@ class Fitted:
         return decision, np.where(decision < 0, -1, 1)
 
 
+class _Isotree:
+    """isotree's Isolation Forest (C++) set up as scikit-learn's, with its decision function.
+
+    Same algorithm (Liu, Ting and Zhou 2008) and the same settings as scikit-learn's
+    ``IsolationForest`` with ``max_samples="auto"``: ``trees`` trees, each on ``min(256, n)``
+    rows drawn without replacement, grown to depth ``ceil(log2(subsample))``; a node splits on
+    a feature drawn at random among those not constant in it, at a threshold drawn uniformly
+    between its minimum and maximum; a row's path is its leaf's depth plus the expected depth
+    of the rows left in the leaf. No guided splits, range penalties or other extensions.
+    isotree's score is ``2 ** (-mean path / c(subsample))``, higher = more anomalous, so
+    scikit-learn's ``score_samples`` is its negative; the offset is the ``contamination``
+    quantile of the training rows' scores and ``decision_function = score_samples - offset``
+    (negative = anomalous). The random draws differ from scikit-learn's, so scores are not
+    bit-identical: ``bench/model_bench.py`` measures the agreement."""
+
+    def __init__(self, p: ModelParams, n: int):
+        import isotree
+
+        self.forest = isotree.IsolationForest(
+            ntrees=p.trees,
+            sample_size=min(256, n),
+            max_depth="auto",  # ceil(log2(sample_size)), as scikit-learn
+            ndim=1,  # axis-parallel splits (the extended model is ndim > 1)
+            ntry=1,
+            prob_pick_pooled_gain=0.0,  # no guided splits: column and threshold at random
+            prob_pick_avg_gain=0.0,
+            prob_pick_full_gain=0.0,
+            prob_pick_dens=0.0,
+            prob_pick_col_by_range=0.0,  # columns uniformly, not by range, variance, kurtosis
+            prob_pick_col_by_var=0.0,
+            prob_pick_col_by_kurt=0.0,
+            weigh_by_kurtosis=False,
+            penalize_range=False,
+            scoring_metric="depth",
+            sample_with_replacement=False,
+            # Rows are finite (checked); "fail" takes isotree's fastest prediction path.
+            missing_action="fail",
+            random_seed=p.seed,
+            nthreads=1,  # refits run in parallel, not the trees of one
+        )
+        self.contamination = p.contamination
+
+    def fit(self, z: np.ndarray) -> _Isotree:
+        self.forest.fit(np.asfortranarray(z))  # isotree fits on column-major data
+        self.offset_ = float(np.percentile(self.score_samples(z), 100.0 * self.contamination))
+        return self
+
+    def score_samples(self, z: np.ndarray) -> np.ndarray:
+        """Minus isotree's score of each row (row-major input: its fastest path)."""
+        if not np.isfinite(z).all():
+            raise DataError("a window feature is NaN or infinite; rebuild the windows")
+        return -self.forest.predict(np.ascontiguousarray(z))
+
+    def decision_function(self, z: np.ndarray) -> np.ndarray:
+        return self.score_samples(z) - self.offset_
+
+
 def fit(train: np.ndarray, p: ModelParams) -> Fitted:
     """Standardize on ``train`` and fit the forest; deterministic for a given seed.
 
-    ``sklearn`` is the reference; ``numpy`` (``engine/iforest.py``) is the same algorithm with
-    all trees built at once, several times faster, and not bit-identical."""
+    ``sklearn`` is the reference; ``isotree`` is the same algorithm in C++ with its own random
+    draws, many times faster, and not bit-identical (``_Isotree``)."""
     mean = train.mean(axis=0)
     sd = train.std(axis=0)
     sd[sd == 0] = 1.0
     z = (train - mean) / sd
-    if p.backend == "numpy":
-        from engine.iforest import ArrayForest
-
-        return Fitted(mean, sd, ArrayForest(p.trees, p.contamination, p.seed).fit(z))
+    if p.backend == "isotree":
+        return Fitted(mean, sd, _Isotree(p, len(z)).fit(z))
     from sklearn.ensemble import IsolationForest
 
     forest = IsolationForest(
@@ -143,9 +199,11 @@ def walk_forward(
     progress: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """``windows`` plus ``score``, ``prediction`` (-1 anomalous, 1 normal) and ``refit``
-    (the refit that scored it); null where a window was not scored."""
+    (the refit that scored it); null where a window was not scored. ``jobs`` refits run at
+    once: in threads for ``isotree`` (its C++ releases the GIL: no worker start-up, no second
+    import, nothing copied between processes), in processes for ``sklearn`` (Python-bound)."""
     ok = windows.select(scoreable()).to_series()
-    x = windows.filter(ok).select(p.features).to_numpy().astype(np.float64)
+    x = windows.select(pl.col(p.features).filter(ok)).to_numpy().astype(np.float64)
     n = len(x)
     if n <= p.buffer:
         raise InputError(
@@ -156,14 +214,18 @@ def walk_forward(
     score = np.full(n, np.nan)
     pred = np.zeros(n, dtype=np.int8)
     refit = np.full(n, -1, dtype=np.int64)
-    size = max(1, min(200, len(plan) // (jobs * 4)))
+    # Small batches keep both workers busy to the end (a batch is ~0.2 s of isotree refits).
+    size = max(1, min(50, len(plan) // (jobs * 4)))
     batches = [plan[i : i + size] for i in range(0, len(plan), size)]
     # Each batch gets only the rows its refits read, not the whole matrix.
     calls = [(x[b[0][1] : b[-1][3]], b[0][1], b, p) for b in batches]
     if jobs > 1 and len(batches) > 1:
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=jobs, return_as="generator")(delayed(_batch)(*c) for c in calls)
+        prefer = "threads" if p.backend == "isotree" else "processes"
+        results = Parallel(n_jobs=jobs, prefer=prefer, return_as="generator")(
+            delayed(_batch)(*c) for c in calls
+        )
     else:
         results = (_batch(*c) for c in calls)
     done = 0
@@ -175,13 +237,17 @@ def walk_forward(
         done += len(res)
         if progress:
             progress(done, len(plan))
-    scored = refit >= 0
-    cols = pl.DataFrame(
-        {
-            "_i": np.flatnonzero(ok.to_numpy()).astype(np.uint32),
-            "score": pl.Series(np.where(scored, score, np.nan)).fill_nan(None),
-            "prediction": pl.Series(pred, dtype=pl.Int8),
-            "refit": pl.Series(refit, dtype=pl.Int64),
-        }
-    ).filter(pl.col("refit") >= 0)
-    return windows.with_row_index("_i").join(cols, on="_i", how="left").drop("_i")
+    # Back onto every window by position (cheaper than a join on a row index).
+    rows = np.flatnonzero(ok.to_numpy())
+
+    def spread(col: np.ndarray, fill: float) -> np.ndarray:
+        out = np.full(windows.height, fill, dtype=col.dtype)
+        out[rows] = col
+        return out
+
+    hit = pl.Series(spread(refit, -1) >= 0)
+    return windows.with_columns(
+        score=pl.when(hit).then(pl.Series(spread(score, np.nan))),
+        prediction=pl.when(hit).then(pl.Series(spread(pred, 0), dtype=pl.Int8)),
+        refit=pl.when(hit).then(pl.Series(spread(refit, -1), dtype=pl.Int64)),
+    )

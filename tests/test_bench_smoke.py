@@ -52,7 +52,7 @@ def test_engine_bench_smoke(tmp_path):
     )
     assert lines[0].startswith("store: 2 days x 20,000 trades/day ready in ")
     assert re.match(r"windows 20s,   1 days \(0 M trades\): +[\d.]+ s whole process", lines[1])
-    assert lines[-1].startswith("walk-forward (scikit-learn, 1 jobs): 7 refits in ")
+    assert lines[-1].startswith("walk-forward (isotree, 1 jobs): 7 refits in ")
 
 
 def test_model_bench_smoke():
@@ -60,8 +60,29 @@ def test_model_bench_smoke():
     assert (
         lines[0] == "walk-forward, 900 windows of 20 s (4 refits, buffer 500, every 100, 100 trees)"
     )
-    assert [ln.split()[0] for ln in lines[2:]] == ["scikit-learn", "scikit-learn,", "numpy"]
+    assert [" ".join(ln.split()[:2]) for ln in lines[2:]] == [
+        "scikit-learn serial",
+        "scikit-learn, 2",
+        "isotree, 1",
+        "isotree, 2",
+        "scikit-learn serial,",
+    ]
     assert lines[2].split()[-3:] == ["1.00x", "1.0000", "1.0000"]  # the reference vs itself
+    (line,) = run_bench(
+        "bench/model_bench.py",
+        "--days",
+        "0.02",
+        "--windows",
+        "900",
+        "--whole",
+        "--backend",
+        "isotree",
+    )
+    assert re.fullmatch(
+        r"walk_forward \(isotree, \d+ jobs\), 900 windows of 20 s \(4 refits\): [\d.]+ s whole "
+        r"process, [\d.]+ s walk-forward, peak RSS \d+ MB",
+        line,
+    )
 
 
 def test_import_bench_smoke():

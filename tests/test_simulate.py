@@ -123,10 +123,13 @@ def scored_tape(days: float, seed: int, scenario: str) -> tuple[pl.DataFrame, di
 
 
 def test_detector_lead_on_the_precursor_scenario_is_the_planted_lead():
-    scored, truth = scored_tape(1, 7, "precursor")
+    # Two days (24 bursts): with one, p_recall was below 0.01 for one seed of scikit-learn
+    # and 0.012-0.032 for the others and for isotree; with two it is 0.002 for every seed
+    # tried (42, 7, 1) on both backends.
+    scored, truth = scored_tape(2, 7, "precursor")
     assert truth["scenario"] == "precursor" and truth["precursor_lead_s"] == PRECURSOR_LEAD_S
     bursts = [e for e in truth["events"] if e["kind"] == "volatility_burst"]
-    assert len(bursts) == 12
+    assert len(bursts) == 24
     assert all(e["time_ms"] - e["precursor"]["start_ms"] == 120_000 for e in bursts)
     r = evaluate(scored, truth)
     k = r["by_kind"]["volatility_burst"]
