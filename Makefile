@@ -57,8 +57,9 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: bench
-# All benchmarks, about 40 minutes on 2 cores (the recorder soak and the chaos run are 10 each);
-# figures go to bench/README.md by hand.
+# All benchmarks, about an hour on 2 cores (the recorder soak and the chaos run are 10 minutes
+# each; the year's store, ~22 GB under /tmp/tapewatch-bench, takes ~7 minutes to build once);
+# figures go to bench/README.md by hand. `make bench-year` runs only the year.
 bench: $(STAMP)
 	$(BIN)/python bench/windows_bench.py --days 1 30
 	$(BIN)/python bench/analysis_bench.py --days 30
@@ -71,3 +72,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_bench.py --trades 30000000
 	$(BIN)/python bench/chaos.py --minutes 10 --seed 1
 	$(BIN)/python bench/evaluate_bench.py
+	$(BIN)/python bench/year_bench.py --days 365
+
+.PHONY: bench-year
+bench-year: $(STAMP)
+	$(BIN)/python bench/year_bench.py --days 365

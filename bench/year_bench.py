@@ -48,7 +48,8 @@ def bare_scan(store: Path, days: int) -> float:
     ]
     t = time.perf_counter()
     sums = ", ".join(f"sum({c})" for c in COLUMNS.split(", "))
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"SELECT {sums} FROM read_parquet(?)", [files]).fetchall()
     return time.perf_counter() - t
 
@@ -122,7 +123,17 @@ def main() -> None:
         wall, rss = run_measured(cmd, tree=True)
     print(f"engine run: {wall:.1f} s, peak RSS {rss:,.0f} MB (process tree)")
     wall, rss = run_measured(
-        [sys.executable, __file__, "--steps", "--days", str(args.days), "--work", str(args.work)],
+        [
+            sys.executable,
+            __file__,
+            "--steps",
+            "--days",
+            str(args.days),
+            "--rate",
+            str(args.rate),
+            "--work",
+            str(args.work),
+        ],
         tree=True,
         echo=True,
     )

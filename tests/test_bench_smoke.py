@@ -156,3 +156,18 @@ def test_evaluate_bench_smoke():
         "engine evaluate: 30,000 windows of 20 s, 4 horizons, model + 3 competitors, 2 metrics: "
     )
     assert "peak RSS" in lines[-1]
+
+
+def test_year_bench_smoke(tmp_path):
+    lines = run_bench(
+        "bench/year_bench.py", "--days", "1", "--rate", "20000", "--work", str(tmp_path)
+    )
+    assert lines[0] == "store: 1 days x 20,000 trades/day ready in 0 s"
+    assert re.fullmatch(r"floor: bare DuckDB scan [\d.]+ s", lines[1])
+    assert re.fullmatch(r"engine run: [\d.]+ s, peak RSS [\d,]+ MB \(process tree\)", lines[2])
+    assert lines[3].startswith("step windows ") and lines[3].endswith(" s (4,320 windows)")
+    steps = [ln.split()[1] for ln in lines[3:7]]
+    assert steps == ["windows", "walk-forward", "horizons", "evaluate"]
+    assert re.fullmatch(
+        r"steps alone: [\d.]+ s in all, peak RSS [\d,]+ MB \(process tree\)", lines[8]
+    )
