@@ -5,23 +5,31 @@ by trade id (compaction made them so) and are scanned directly; hours that still
 (the open hour, or what a crash left) are read with their Parquet and deduplicated. Memory is
 bounded by one chunk, not by the length of history. The store is never written.
 
+A closed day may be merged into a day file (``recorder compact --days``). A day is listed
+once (``list_day``: its date directory, then each hour directory in it). A day file alone is
+scanned directly, filtered to the chunk's times; a day file with hour files beside it (a merge
+that crashed midway, or trades stored into the day after its merge) is read with them and
+deduplicated, the day file's copy first.
+
 The recorder may compact an hour while it is read: it renames the Parquet file in before it
-deletes the NDJSON files. Each hour is listed once (one ``listdir``) and exactly the files
-listed are read, so every trade is in what was read; a file that vanished before it was opened
-(or a Parquet file replaced under the reader) fails the read, and the chunk is listed and read
-again. A reader never returns fewer trades than the store held when it started.
+deletes the NDJSON files, and a day merge renames the day file in before it deletes the hour
+files. Exactly the files listed are read, so every trade is in what was read; a file or hour
+directory that vanished before it was opened (or a Parquet file replaced under the reader)
+fails the read, and the chunk is listed and read again. A reader never returns fewer trades
+than the store held when it started.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from engine.errors import DataError, InputError
-from recorder.store import hour_files, layout, parse_ndjson, read_gaps
+from recorder.store import layout, parse_ndjson, read_gaps
+from recorder.store.files import DayFiles, day_file_hours, list_day
 
 __all__ = ["COLUMNS", "DAY_MS", "EMPTY_TRADES", "StoreIndex", "open_store", "parse_symbol"]
 
@@ -80,20 +88,31 @@ class TailCache:
 
 @dataclass
 class StoreIndex:
-    """The hour directories of one symbol, by hour index (hours since the epoch)."""
+    """Where one symbol's trades are: its hour directories by hour index (hours since the
+    epoch), and its day files by day index (days since the epoch), as listed when opened."""
 
     root: Path
     symbol: str
     hours: dict[int, Path]
     tail: TailCache | None = None
+    days: dict[int, Path] = field(default_factory=dict)
+
+    def _held(self, last: bool) -> int:
+        """The first (or ``last``) hour stored, in an hour file or a day file."""
+        pick = max if last else min
+        candidates = [pick(self.hours)] if self.hours else []
+        if self.days:
+            held = day_file_hours(self.days[pick(self.days)])
+            candidates += [pick(held)] if held else []
+        return pick(candidates)
 
     @property
     def first_hour(self) -> int:
-        return min(self.hours)
+        return self._held(last=False)
 
     @property
     def last_hour(self) -> int:
-        return max(self.hours)
+        return self._held(last=True)
 
     def recorded_gaps(self) -> list[tuple[int, int]]:
         """(after_time, before_time) in UTC ms of ids the recorder could not fetch."""
@@ -113,23 +132,27 @@ class StoreIndex:
         )
 
     def _load(self, start_ms: int, end_ms: int) -> pl.DataFrame:
+        first_hour, last_hour = start_ms // layout.HOUR_MS, (end_ms - 1) // layout.HOUR_MS
         parquet: list[Path] = []
+        partial = False  # a day file is read beyond [start_ms, end_ms)
         mixed: list[pl.DataFrame] = []
-        for hour in range(start_ms // layout.HOUR_MS, (end_ms - 1) // layout.HOUR_MS + 1):
-            d = self.hours.get(hour)
-            if d is None and self.tail is not None:  # following a live store: hours appear
-                d = layout.hour_dir(self.root, self.symbol, hour)
-                if not d.is_dir():
-                    continue
-                self.hours[hour] = d
-            if d is None:
+        for day in range(start_ms // layout.DAY_MS, (end_ms - 1) // layout.DAY_MS + 1):
+            files = list_day(self.root, self.symbol, day)
+            hours = {h: f for h, f in files.hours.items() if first_hour <= h <= last_hour}
+            if self.tail is not None:  # following a live store: hours appear
+                self.hours.update((h, layout.hour_dir(self.root, self.symbol, h)) for h in hours)
+            if files.day_file is not None and any(pq or nd for pq, nd in hours.values()):
+                mixed.append(self._mixed_day(files, hours, start_ms, end_ms))
                 continue
-            pq, ndjson = hour_files(d)
-            if ndjson:
-                mixed.append(self._mixed_hour(pq, ndjson))
-            elif pq is not None:
-                parquet.append(pq)
-        parts = ([_read_parquet(parquet)] if parquet else []) + mixed
+            if files.day_file is not None:
+                parquet.append(files.day_file)
+                partial |= start_ms > day * DAY_MS or end_ms < (day + 1) * DAY_MS
+            for pq, ndjson in hours.values():
+                if ndjson:
+                    mixed.append(self._mixed_hour(pq, ndjson))
+                elif pq is not None:
+                    parquet.append(pq)
+        parts = ([_read_parquet(parquet, start_ms, end_ms, partial)] if parquet else []) + mixed
         if not parts:
             return EMPTY_TRADES
         lo = pl.lit(start_ms * 1000).cast(pl.Datetime("us", "UTC"))
@@ -148,6 +171,22 @@ class StoreIndex:
             return t
         return t.sort("trade_time", "trade_id")
 
+    def _mixed_day(
+        self,
+        files: DayFiles,
+        hours: dict[int, tuple[Path | None, list[Path]]],
+        start_ms: int,
+        end_ms: int,
+    ) -> pl.DataFrame:
+        """A day file with hour files beside it, deduplicated (the day file's copy first)."""
+        frames = [_read_parquet([files.day_file], start_ms, end_ms, True)] if files.day_file else []
+        for pq, ndjson in hours.values():
+            if ndjson:
+                frames.append(self._mixed_hour(pq, ndjson))
+            elif pq is not None:
+                frames.append(_read_parquet([pq]))
+        return pl.concat(frames).unique("trade_id", keep="first", maintain_order=True)
+
     def _mixed_hour(self, pq: Path | None, ndjson: list[Path]) -> pl.DataFrame:
         """An hour with NDJSON (open, or left by a crash), deduplicated: the files of one
         listing. One that vanished (compacted meanwhile) raises FileNotFoundError."""
@@ -159,11 +198,19 @@ class StoreIndex:
         return pl.concat(frames).unique("trade_id", keep="first") if frames else EMPTY_TRADES
 
 
-def _read_parquet(files: list[Path]) -> pl.DataFrame:
-    """The columns of ``files``; a file that fails on its own is named in a DataError, any
-    other failure (a file compacted or replaced meanwhile) is raised for the caller to retry."""
+def _read_parquet(
+    files: list[Path], start_ms: int = 0, end_ms: int = 0, filtered: bool = False
+) -> pl.DataFrame:
+    """The columns of ``files`` (``filtered``: only trades in [start_ms, end_ms), so that a
+    day file read for a few hours skips its other row groups); a file that fails on its own is
+    named in a DataError, any other failure (a file compacted or replaced meanwhile) is raised
+    for the caller to retry."""
     try:
-        return pl.scan_parquet(files).select(COLUMNS).collect()
+        scan = pl.scan_parquet(files).select(COLUMNS)
+        if filtered:
+            lo, hi = (pl.lit(ms * 1000).cast(pl.Datetime("us", "UTC")) for ms in (start_ms, end_ms))
+            scan = scan.filter((pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi))
+        return scan.collect()
     except Exception:
         for f in files:
             try:
@@ -224,11 +271,15 @@ def open_store(root: Path, symbol: str) -> StoreIndex:
     hours = {}
     for d in layout.hour_dirs(root, sym):
         hours[layout.parse_hour_dir(d)[1]] = d
-    if not hours:
+    days = {}
+    for d in layout.day_dirs(root, sym):
+        if (d / layout.PARQUET).exists():
+            days[layout.parse_day_dir(d)[1]] = d / layout.PARQUET
+    if not hours and not days:
         have = layout.symbol_dirs(root)
         listed = ", ".join(have) if have else "no symbols yet"
         raise DataError(f"unknown symbol {sym}: the store at {root} has {listed}")
-    return StoreIndex(root, sym, hours)
+    return StoreIndex(root, sym, hours, days=days)
 
 
 def chunk_bounds(first_ms: int, end_ms: int) -> Iterator[tuple[int, int]]:

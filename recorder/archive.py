@@ -13,12 +13,19 @@ to disk per hour, and hours are merged a span of ids at a time (``HourSpool``), 
 bounded by a block whatever the file's size or the rows in one hour. An import is all or
 nothing: new hour files are staged beside the store and renamed into place only after every
 file parsed.
+
+A day already merged into a day file (``recorder compact --days``) takes the import like any
+other: its hours are merged with the day file's rows of each hour and written as hour files
+beside it, and then folded back into the day file (``merge_day``). If that fold cannot run
+(the day still has NDJSON, or it fails), the imported trades are stored all the same, as hour
+files that readers deduplicate against the day file, and ``recorder compact --days`` folds them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import time
@@ -32,8 +39,10 @@ from pathlib import Path
 import polars as pl
 
 from recorder.config import DEFAULT_ARCHIVE_URL
-from recorder.errors import ArchiveError
+from recorder.errors import ArchiveError, CompactionError, StoreError
 from recorder.store import init_store, layout
+from recorder.store.days import merge_day
+from recorder.store.files import list_day
 from recorder.store.lock import StoreLock
 from recorder.store.schema import PARQUET_SCHEMA
 from recorder.store.spool import HourSpool
@@ -62,6 +71,8 @@ _CSV_SCHEMA = {
 }
 _US_FROM = 10**14  # a time this large is microseconds (ms would be the year 5138)
 
+log = logging.getLogger("recorder")
+
 
 @dataclass
 class ImportResult:
@@ -71,6 +82,7 @@ class ImportResult:
     hours: int = 0
     seconds: float = 0.0
     peak_rows: int = 0  # most rows held in memory at once while merging hours
+    days_merged: int = 0  # day files the imported hours were folded into
 
 
 def symbol_of(path: Path) -> str:
@@ -225,13 +237,39 @@ def import_archives(
                     if progress:
                         progress(done, total)
                 res.files += 1
+            days = spool.merged_days()
             res.hours = spool.commit()
         except BaseException:
             spool.abort()
             raise
         res.new_rows, res.peak_rows = spool.new_rows, spool.peak_rows
+        res.days_merged = _fold_days(root, days)
     res.seconds = time.monotonic() - t0
     return res
+
+
+def _fold_days(root: Path, days: list[tuple[str, int]]) -> int:
+    """Merge the hour files an import wrote into merged days back into their day files;
+    how many were. A day that cannot be folded now keeps its hour files (still read)."""
+    done = 0
+    for symbol, day in days:
+        files = list_day(root, symbol, day)
+        if not files.hour_parquet:
+            continue
+        if files.ndjson:
+            log.warning(
+                "%s holds NDJSON; the imported hours of that day stay hour files until "
+                "`recorder compact --days`",
+                files.path,
+            )
+            continue
+        try:
+            merge_day(root, symbol, day)
+        except (StoreError, CompactionError) as e:
+            log.warning("imported hours of %s stay hour files: %s", files.path, e)
+            continue
+        done += 1
+    return done
 
 
 @dataclass

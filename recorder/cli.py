@@ -104,17 +104,25 @@ def run(symbols: tuple[str, ...], data_dir: Path, log_level: str, **tunables: An
     help="Rebuild torn Parquet files from NDJSON, or move them aside and have the next "
     "`recorder run` refetch their trades.",
 )
+@click.option(
+    "--days",
+    is_flag=True,
+    help="Also merge each closed day's hour files into one day file "
+    "(symbol=S/date=D/trades.parquet); rerun it to finish a merge that was interrupted.",
+)
 @_errors
-def compact(data_dir: Path, grace: float, everything: bool, repair: bool) -> None:
+def compact(data_dir: Path, grace: float, everything: bool, repair: bool, days: bool) -> None:
     """Turn closed hours' NDJSON into Parquet and repair what a crash left behind.
 
     Removes temporaries of processes that died, and names torn Parquet files (mended with
-    --repair). Idempotent; refuses to run while a recorder writes the same store.
+    --repair). With --days, days that ended --grace seconds ago and hold no NDJSON are merged
+    into day files. Idempotent; refuses to run while a recorder writes the same store.
 
     \b
     Example:
       recorder compact --data-dir data
       recorder compact --data-dir data --repair
+      recorder compact --data-dir data --days
     """
     from recorder.compact import compact_store
     from recorder.errors import StoreError
@@ -124,13 +132,19 @@ def compact(data_dir: Path, grace: float, everything: bool, repair: bool) -> Non
     init_store(data_dir)
     with StoreLock(data_dir):
         now_ms = 2**62 if everything else int(time.time() * 1000)
-        r = compact_store(data_dir, now_ms, int(grace * 1000), repair)
+        r = compact_store(data_dir, now_ms, int(grace * 1000), repair, days)
     trades = sum(c.rows for c in r.compacted)
     rejected = sum(c.rejected_lines for c in r.compacted)
     click.echo(
         f"compacted {len(r.compacted)} hours ({trades} trades); "
         f"{rejected} unparseable lines quarantined"
     )
+    if days:
+        click.echo(
+            f"merged {len(r.merged)} days into day files "
+            f"({sum(m.rows for m in r.merged)} trades, "
+            f"{sum(m.hour_files for m in r.merged)} hour files removed)"
+        )
     for path in r.removed_temporaries:
         click.echo(f"removed {path}, left by a process that stopped")
     for f in r.repaired:
@@ -147,10 +161,10 @@ def compact(data_dir: Path, grace: float, everything: bool, repair: bool) -> Non
             )
     if r.unreadable:
         listed = "; ".join(f"{path} ({why})" for path, why in r.unreadable)
-        raise StoreError(
-            f"{len(r.unreadable)} unreadable Parquet file(s): {listed}; "
-            "run `recorder compact --repair` (stop the recorder first)"
-        )
+        hint = "run `recorder compact --repair` (stop the recorder first)"
+        if any(not p.parent.name.startswith("hour=") for p, _ in r.unreadable):
+            hint += "; a torn day file cannot be rebuilt: move it aside and import its day again"
+        raise StoreError(f"{len(r.unreadable)} unreadable Parquet file(s): {listed}; {hint}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -158,8 +172,8 @@ def compact(data_dir: Path, grace: float, everything: bool, repair: bool) -> Non
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @_errors
 def status(data_dir: Path, fmt: str) -> None:
-    """Per symbol: last trade, how far behind now, hours stored, gaps; rejects; and any
-    stored Parquet file that cannot be read.
+    """Per symbol: last trade, how far behind now, hour files (Parquet, NDJSON) and day
+    files stored, gaps; rejects; and any stored Parquet file that cannot be read.
 
     \b
     Example:
@@ -191,6 +205,8 @@ def status(data_dir: Path, fmt: str) -> None:
         "gaps",
         "gap_trades",
     ]
+    if any(r["day_files"] for r in report["symbols"]):  # a store that merged days
+        cols[6:6] = ["day_files", "hours_in_day_files"]
     rows = [[("" if r[c] is None else str(r[c])) for c in cols] for r in report["symbols"]]
     cliutil.write_table(cols, rows)
     for s in report["symbols"]:
@@ -224,9 +240,10 @@ def import_archive(data_dir: Path, files: tuple[Path, ...], symbol: str | None) 
     with cliutil.progress("bytes") as update:
         r = import_archives(data_dir, list(files), symbol, lambda d, t: update("import", d, t))
     rate = r.rows / r.seconds if r.seconds else 0
+    folded = f", folded into {r.days_merged} day files" if r.days_merged else ""
     click.echo(
         f"imported {r.files} files: {r.rows} trades read, {r.new_rows} new, "
-        f"{r.hours} hour files written ({rate:,.0f} trades/s)"
+        f"{r.hours} hour files written{folded} ({rate:,.0f} trades/s)"
     )
 
 

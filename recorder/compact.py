@@ -15,6 +15,12 @@ A crash before 6 leaves rows in both places; readers deduplicate and the next ru
 is moved aside as ``trades.parquet.corrupt-<ns>``, the hour is rebuilt from its NDJSON if it
 has any, and the ids it no longer holds (bounded by the neighbouring hours' ids) are written
 to ``state/SYMBOL.json`` so that the next ``recorder run`` fetches them from REST.
+
+``merge_days`` (``recorder compact --days``) merges each closed day's hour files into its day
+file (``recorder/store/days.py``): a day that ended ``grace`` ago, with no NDJSON left and no
+unreadable file, and with hour files to merge (rerunning it finishes a merge that crashed).
+A torn day file is named like a torn hour file, but ``--repair`` cannot rebuild it: its hours
+are gone, so the day's archive has to be imported again.
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ from recorder.store import (
     changing,
     hour_files,
     layout,
+    parquet_problem,
     pid_alive,
     read_hour,
     unreadable_parquet,
 )
+from recorder.store.days import DayMerge, merge_day
 from recorder.store.durable import fsync_dir, write_parquet_atomic
+from recorder.store.files import list_day
 from recorder.store.schema import PARQUET_SCHEMA, merge_rows
 from recorder.tracker import Missing
 
@@ -48,10 +57,12 @@ __all__ = [
     "CompactResult",
     "RepairResult",
     "StoreCompaction",
+    "closed_days",
     "closed_hours",
     "compact_hour",
     "compact_store",
     "lost_ids",
+    "merge_days",
     "repair_hour",
     "sweep_temporaries",
 ]
@@ -90,6 +101,7 @@ class StoreCompaction:
     repaired: list[RepairResult] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # left as they are
     removed_temporaries: list[Path] = field(default_factory=list)
+    merged: list[DayMerge] = field(default_factory=list)  # days merged (``days=True``)
 
 
 def _quarantine(root: Path, bad: list[BadLine]) -> None:
@@ -240,19 +252,56 @@ def repair_hour(root: Path, torn: Path) -> RepairResult:
     return RepairResult(torn, aside, held.height, refetch, unknown)
 
 
-def compact_store(root: Path, now_ms: int, grace_ms: int, repair: bool = False) -> StoreCompaction:
+def closed_days(root: Path, now_ms: int, grace_ms: int) -> list[tuple[str, int]]:
+    """(symbol, day index) of every day that ended more than ``grace_ms`` before now, holds
+    hour files and no NDJSON, and whose files can all be read: the days to merge."""
+    out = []
+    for symbol in layout.symbol_dirs(root):
+        for d in layout.day_dirs(root, symbol):
+            _, day = layout.parse_day_dir(d)
+            if (day + 1) * layout.DAY_MS + grace_ms > now_ms:
+                continue
+            try:
+                files = list_day(root, symbol, day)
+            except FileNotFoundError:
+                continue  # nothing else writes a locked store; the next run sees it
+            stored = [*files.hour_parquet.values(), *filter(None, [files.day_file])]
+            if files.hour_parquet and not files.ndjson and not any(map(parquet_problem, stored)):
+                out.append((symbol, day))
+    return out
+
+
+def merge_days(root: Path, now_ms: int, grace_ms: int) -> list[DayMerge]:
+    """Merge every closed day (``closed_days``) into its day file, after removing what dead
+    processes left in its date directory. The caller holds the store lock."""
+    out = []
+    for symbol, day in closed_days(root, now_ms, grace_ms):
+        sweep_temporaries(layout.day_dir(root, symbol, day))
+        out.append(merge_day(root, symbol, day))
+        log.info("merged %s %s: %d trades", symbol, out[-1].path.parent.name, out[-1].rows)
+    return out
+
+
+def compact_store(
+    root: Path, now_ms: int, grace_ms: int, repair: bool = False, days: bool = False
+) -> StoreCompaction:
     """``recorder compact``: remove dead processes' temporaries, compact every closed hour,
-    and list (or with ``repair``, mend) torn Parquet files. The caller holds the store lock."""
+    list (or with ``repair``, mend) torn Parquet files, and with ``days`` merge closed days
+    into day files. The caller holds the store lock."""
     out = StoreCompaction()
-    for d in [root, root / layout.TRADES, root / layout.STATE, *layout.hour_dirs(root)]:
+    day_dirs = [d for s in layout.symbol_dirs(root) for d in layout.day_dirs(root, s)]
+    for d in [root, root / layout.TRADES, root / layout.STATE, *day_dirs, *layout.hour_dirs(root)]:
         out.removed_temporaries += sweep_temporaries(d)
     torn = unreadable_parquet(root)
-    if repair:
-        out.repaired = [repair_hour(root, path) for path, _ in torn]
+    if repair:  # a torn day file cannot be rebuilt here: it stays listed
+        out.repaired = [repair_hour(root, p) for p, _ in torn if p.parent.name.startswith("hour=")]
+        out.unreadable = [(p, why) for p, why in torn if not p.parent.name.startswith("hour=")]
     else:
         out.unreadable = torn
     skip = {path.parent for path, _ in out.unreadable}
     for d in closed_hours(root, now_ms, grace_ms):
         if d not in skip:
             out.compacted.append(compact_hour(root, d))
+    if days:
+        out.merged = merge_days(root, now_ms, grace_ms)
     return out

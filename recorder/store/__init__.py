@@ -16,6 +16,8 @@ part of the contract.
     lock      ``StoreLock``: one writer per data directory (``flock`` on the directory)
     spool     ``HourSpool``: closed hours written in bulk (imports, simulations), staged and
               verified before they are renamed in
+    days      ``merge_day``: a closed day's hour files merged into one day file, verified,
+              renamed in, then the hours deleted (readers count each trade once meanwhile)
 
 Names are imported lazily (``from recorder.store import init_store`` loads ``files``), so a
 command's ``--help`` does not pay for Polars and pyarrow.
@@ -27,6 +29,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names as mypy sees them; at run time they load on first use
+    from recorder.store.days import DayMerge, merge_day
     from recorder.store.durable import (
         atomic_write,
         changing,
@@ -101,6 +104,9 @@ _HOME = {
     "holder_pid": "lock",
     # spool
     "HourSpool": "spool",
+    # days
+    "DayMerge": "days",
+    "merge_day": "days",
 }
 
 __all__ = [
@@ -110,6 +116,7 @@ __all__ = [
     "SOURCE_RANK",
     "STORE_FORMAT",
     "BadLine",
+    "DayMerge",
     "HourSpool",
     "StoreLock",
     "add_missing",
@@ -124,6 +131,7 @@ __all__ = [
     "init_store",
     "last_trade",
     "lines_to_table",
+    "merge_day",
     "merge_rows",
     "parquet_problem",
     "parse_ndjson",

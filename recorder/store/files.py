@@ -1,5 +1,6 @@
-"""Reading the store back: NDJSON lines (tolerating a torn tail), the files of an hour, the
-last stored trade, gaps and the ids still being fetched.
+"""Reading the store back: NDJSON lines (tolerating a torn tail), the files of an hour and of a
+day (``list_day``: the day file and its hours from one listing), the last stored trade, gaps
+and the ids still being fetched.
 
 Readers and compaction run at the same time. Compaction only ever adds a file (the hour's
 Parquet, renamed in) before it deletes the files that went into it, and it brackets every
@@ -8,12 +9,18 @@ even. So a reader that lists an hour once and reads what it listed sees every tr
 that vanished under it raises FileNotFoundError: list again), and a reader that cannot list
 atomically (DuckDB's globs) compares ``generation(root)`` before and after and reads again if
 it moved.
+
+A day merge (``recorder/store/days.py``) follows the same rule one level up: it renames the day
+file in before it deletes the hour files that went into it (and their directories). So a reader
+that lists a date directory once and then each hour directory it listed sees every trade, and
+an hour directory that vanished in between raises FileNotFoundError: list the day again.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +34,16 @@ from recorder.store.schema import FIELDS, LINE_SCHEMA, PARQUET_SCHEMA, lines_to_
 from recorder.tracker import Missing
 
 __all__ = [
+    "DAY_HOURS_KEY",
     "BadLine",
+    "DayFiles",
     "add_missing",
+    "day_file_hours",
+    "day_file_last",
     "hour_files",
     "init_store",
     "last_trade",
+    "list_day",
     "parquet_problem",
     "read_gaps",
     "read_missing",
@@ -40,6 +52,10 @@ __all__ = [
 ]
 
 STORE_FORMAT = 1
+
+# Key-value metadata of a day file: the hours of the day (0-23) it holds, e.g. "[0,1,2]".
+DAY_HOURS_KEY = b"tapewatch.hours"
+_HOUR_NAME = re.compile(r"hour=([01][0-9]|2[0-3])")
 
 
 @dataclass(slots=True)
@@ -118,6 +134,12 @@ def hour_files(hour_dir: Path, include_active: bool = True) -> tuple[Path | None
         names = os.listdir(hour_dir)
     except FileNotFoundError:
         return None, []
+    return _files_of(hour_dir, names, include_active)
+
+
+def _files_of(
+    hour_dir: Path, names: list[str], include_active: bool
+) -> tuple[Path | None, list[Path]]:
     ndjson = sorted(
         hour_dir / n
         for n in names
@@ -125,6 +147,91 @@ def hour_files(hour_dir: Path, include_active: bool = True) -> tuple[Path | None
         if include_active or n != layout.ACTIVE_NDJSON
     )
     return (hour_dir / layout.PARQUET if layout.PARQUET in names else None), ndjson
+
+
+@dataclass(frozen=True, slots=True)
+class DayFiles:
+    """The files of one (symbol, day): its day file (or None) and, by hour index (hours since
+    the epoch), each hour directory's (Parquet file or None, NDJSON files)."""
+
+    path: Path  # the date directory
+    day_file: Path | None
+    hours: dict[int, tuple[Path | None, list[Path]]]
+
+    @property
+    def hour_parquet(self) -> dict[int, Path]:
+        """The hour files (closed hours' Parquet), by hour index."""
+        return {h: pq for h, (pq, _) in self.hours.items() if pq is not None}
+
+    @property
+    def ndjson(self) -> list[Path]:
+        return [p for _, nd in self.hours.values() for p in nd]
+
+    @property
+    def mixed(self) -> bool:
+        """A day file plus hour files: a merge that crashed midway, or trades stored into the
+        day after it was merged. Readers deduplicate such a day on the trade id."""
+        return self.day_file is not None and any(pq or nd for pq, nd in self.hours.values())
+
+
+def list_day(root: Path, symbol: str, day: int, include_active: bool = True) -> DayFiles:
+    """The files of ``symbol``'s day ``day`` (days since the epoch) from one listing of its
+    date directory and one of each hour directory in it. FileNotFoundError if an hour
+    directory vanished between the two (a day merge finished meanwhile): list again."""
+    d = layout.day_dir(root, symbol, day)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return DayFiles(d, None, {})
+    hours: dict[int, tuple[Path | None, list[Path]]] = {}
+    for name in sorted(names):
+        m = _HOUR_NAME.fullmatch(name)
+        if m is None:
+            continue
+        try:
+            entries = os.listdir(d / name)
+        except NotADirectoryError:
+            continue
+        hours[day * 24 + int(m.group(1))] = _files_of(d / name, entries, include_active)
+    return DayFiles(d, d / layout.PARQUET if layout.PARQUET in names else None, hours)
+
+
+def day_file_hours(path: Path) -> list[int]:
+    """The hours (hours since the epoch) a day file holds, from its footer's
+    ``tapewatch.hours``; for a day file without it, those its trade times span."""
+    import pyarrow.parquet as pq
+
+    _, day = layout.parse_day_dir(path.parent)
+    meta = pq.read_metadata(path)
+    listed = (meta.metadata or {}).get(DAY_HOURS_KEY)
+    if listed is not None:
+        return [day * 24 + h for h in orjson.loads(listed)]
+    times = pl.scan_parquet(path).select(
+        lo=pl.col("trade_time").min().dt.epoch("ms"), hi=pl.col("trade_time").max().dt.epoch("ms")
+    )
+    lo, hi = times.collect().row(0)
+    return [] if lo is None else list(range(lo // layout.HOUR_MS, hi // layout.HOUR_MS + 1))
+
+
+def day_file_last(path: Path) -> tuple[int, int] | None:
+    """(trade id, trade time UTC ms) of the highest trade in a day file, or None if it holds
+    none. Day files are sorted by trade id, so only the last row group is read."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    try:
+        for i in reversed(range(f.metadata.num_row_groups)):
+            if f.metadata.row_group(i).num_rows:
+                got = pl.from_arrow(f.read_row_group(i, columns=["trade_id", "trade_time"]))
+                assert isinstance(got, pl.DataFrame)
+                row = got.select(
+                    pl.col("trade_id").max(),
+                    pl.col("trade_time").sort_by("trade_id").last().dt.epoch("ms"),
+                ).row(0)
+                return int(row[0]), int(row[1])
+    finally:
+        f.close()
+    return None
 
 
 def hour_ndjson(hour_dir: Path, include_active: bool = True) -> list[Path]:
@@ -187,9 +294,12 @@ def parquet_problem(path: Path) -> str | None:
 
 
 def unreadable_parquet(root: Path, symbol: str | None = None) -> list[tuple[Path, str]]:
-    """(file, reason) of every stored Parquet hour whose footer cannot be read."""
+    """(file, reason) of every stored Parquet hour and day file whose footer cannot be read."""
     out = []
-    for d in layout.hour_dirs(root, symbol):
+    symbols = [symbol] if symbol is not None else layout.symbol_dirs(root)
+    for d in layout.hour_dirs(root, symbol) + [
+        day for s in symbols for day in layout.day_dirs(root, s)
+    ]:
         pq = d / layout.PARQUET
         problem = parquet_problem(pq) if pq.exists() else None
         if problem is not None:
@@ -201,21 +311,58 @@ def last_trade(root: Path, symbol: str, skip_unreadable: bool = False) -> tuple[
     """(trade id, trade time UTC ms) of the highest stored trade of ``symbol``, or None.
     An unreadable Parquet file is a StoreError, or with ``skip_unreadable`` passed over.
 
-    Ids grow with trade time, so only the newest hour directories need reading."""
-    for d in reversed(layout.hour_dirs(root, symbol)):
+    Ids grow with trade time, so only the newest days, and in a day its newest hour with
+    trades and the end of its day file, need reading."""
+    for d in reversed(layout.day_dirs(root, symbol)):
+        for _ in range(_RELIST):
+            try:
+                found = _last_of_day(
+                    list_day(root, symbol, layout.parse_day_dir(d)[1]), skip_unreadable
+                )
+                break
+            except FileNotFoundError:  # merged meanwhile: list the day again
+                continue
+        else:
+            raise StoreError(f"{d} kept changing while read; run the command again")
+        if found is not None:
+            return found
+    return None
+
+
+def _last_of_day(day: DayFiles, skip_unreadable: bool) -> tuple[int, int] | None:
+    """The highest trade of one listed day: its newest hour with trades, or its day file's."""
+    found: list[tuple[int, int]] = []
+    for hour in sorted(day.hours, reverse=True):
+        pq, ndjson = day.hours[hour]
+        if pq is None and not ndjson:
+            continue
+        hour_dir = (pq or ndjson[0]).parent
         try:
-            table, _ = read_hour(d)
+            table, _ = read_hour(hour_dir)
         except StoreError:
             if skip_unreadable:
                 continue
             raise
+        if not table.height and not hour_dir.exists():
+            raise FileNotFoundError(hour_dir)  # merged into the day file meanwhile
         if table.height:
             row = table.select(
                 pl.col("trade_id").max(),
                 pl.col("trade_time").sort_by("trade_id").last().dt.epoch("ms"),
             ).row(0)
-            return int(row[0]), int(row[1])
-    return None
+            found.append((int(row[0]), int(row[1])))
+            break
+    if day.day_file is not None:
+        problem = parquet_problem(day.day_file)
+        if problem is not None and not skip_unreadable:
+            raise StoreError(
+                f"{day.day_file} is not a readable Parquet file ({problem}); "
+                "move it aside and import that day's archive again (recorder fetch-archive)"
+            )
+        last = day_file_last(day.day_file) if problem is None else None
+        if last is not None:
+            found.append(last)
+    return max(found) if found else None
 
 
 def read_gaps(root: Path, symbol: str | None = None) -> list[dict]:

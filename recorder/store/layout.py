@@ -6,13 +6,26 @@ DATA_DIR/
   trades/symbol=BTCUSDT/date=2024-08-08/hour=23/
       trades.ndjson                            the open hour (append-only, the write-ahead log)
       trades-<ns>.ndjson                       sealed, waiting for compaction
-      trades.parquet                           the closed hour
+      trades.parquet                           the closed hour (an hour file)
+  trades/symbol=BTCUSDT/date=2024-08-07/
+      trades.parquet                           a merged day (a day file): its hours' rows, same
+                                               columns, sorted by trade id
   gaps/gaps.ndjson                             ids that could not be fetched
   rejects/rejects-2024-08-08.ndjson            quarantined frames, verbatim
   state/BTCUSDT.json                           ids known missing and being fetched
   state/recorder.json                          live counters of the running recorder
   state/generation                             bumped around every deletion of stored files
   recorder.lock                                held while a recorder or compaction runs
+
+A day file sits in its date directory, beside the hour directories it replaces
+(``recorder compact --days`` merges a closed day and then deletes its hour files; see
+``recorder/store/days.py``). Normally a day has either hour files or a day file. A crash
+during a merge, or trades stored into the day after it was merged (a late backfill, an archive
+import), leave both: every reader then deduplicates that day on the trade id, and the next
+merge folds the hours in. The key-value metadata ``tapewatch.hours`` of a day file lists the
+hours of the day (0-23) it holds. Generic Hive readers glob the two kinds separately
+(``trades/*/*/*/trades.parquet`` and ``trades/*/*/trades.parquet``: a day file has no
+``hour=`` key) and deduplicate on ``(symbol, trade_id)``.
 
 Only well-formed partitions are part of the store: ``symbol=`` ASCII capitals and digits,
 ``date=`` a real calendar day, ``hour=`` 00 to 23. Anything else under ``trades/`` (a copied
@@ -31,18 +44,24 @@ from pathlib import Path
 
 __all__ = [
     "ACTIVE_NDJSON",
+    "DAY_MS",
     "HOUR_MS",
     "PARQUET",
+    "day_dir",
+    "day_dirs",
+    "day_of",
     "hour_dir",
     "hour_dirs",
     "hour_of",
     "is_symbol",
+    "parse_day_dir",
     "parse_hour_dir",
     "sealed_name",
     "symbol_dirs",
 ]
 
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 TRADES = "trades"
 ACTIVE_NDJSON = "trades.ndjson"
 PARQUET = "trades.parquet"
@@ -57,6 +76,7 @@ GENERATION = "state/generation"
 
 _SYMBOL_RE = re.compile(r"[A-Z0-9]+")
 _HOUR_RE = re.compile(r"symbol=([A-Z0-9]+)/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})$")
+_DAY_RE = re.compile(r"symbol=([A-Z0-9]+)/date=(\d{4}-\d{2}-\d{2})$")
 _warned: set[Path] = set()
 log = logging.getLogger("recorder")
 
@@ -76,6 +96,50 @@ def _rel(symbol: str, hour: int) -> str:
     t = time.gmtime(hour * 3600)
     date = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
     return f"{TRADES}/symbol={symbol}/date={date}/hour={t.tm_hour:02d}"
+
+
+def day_of(trade_time_ms: int) -> int:
+    """Days since the epoch (UTC) of a trade time in ms."""
+    return trade_time_ms // DAY_MS
+
+
+def day_dir(root: Path, symbol: str, day: int) -> Path:
+    """``root/trades/symbol=S/date=YYYY-MM-DD`` for a day index (see ``day_of``); its day
+    file, if merged, is ``day_dir(...) / PARQUET``."""
+    return root / _rel(symbol, day * 24).rsplit("/", 1)[0]
+
+
+def _day_index(path: Path) -> tuple[str, int] | None:
+    m = _DAY_RE.search(path.as_posix())
+    if not m:
+        return None
+    try:
+        day = datetime.date.fromisoformat(m.group(2))
+    except ValueError:
+        return None
+    return m.group(1), calendar.timegm(day.timetuple()) // 86400
+
+
+def parse_day_dir(path: Path) -> tuple[str, int]:
+    """(symbol, day index) of a date directory; ValueError if it is not one."""
+    parsed = _day_index(path)
+    if parsed is None:
+        raise ValueError(f"not a date directory: {path}")
+    return parsed
+
+
+def day_dirs(root: Path, symbol: str) -> list[Path]:
+    """Every well-formed date directory of ``symbol`` (holding hours, a day file or both),
+    oldest first. A day file in a stray one (``date=garbage``) is skipped with a warning (its
+    hours are warned about by ``hour_dirs``)."""
+    days: list[tuple[int, Path]] = []
+    for p in (root / TRADES / f"symbol={symbol}").glob("date=*"):
+        parsed = _day_index(p) if p.is_dir() else None
+        if parsed is not None and parsed[0] == symbol:
+            days.append((parsed[1], p))
+        elif (p / PARQUET).is_file():
+            _skip(p / PARQUET)
+    return [p for _, p in sorted(days)]
 
 
 def hour_dir(root: Path, symbol: str, hour: int) -> Path:

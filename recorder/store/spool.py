@@ -5,6 +5,11 @@ sorted runs, and merges each hour's runs, and the hour's stored rows, into one P
 sorted by trade id, unique by id (``merge_rows``' rule), written under a staging directory and
 read back against per-row-group digests before anything is renamed into the store. Memory is
 bounded by the merge's batches, whatever the hour's size.
+
+An hour of a day already merged into a day file (``recorder/store/days.py``) holds the day
+file's rows of that hour too: they are merged like the hour's own, so an import into a merged
+day writes an hour file beside the day file with every trade of that hour (readers deduplicate
+such a day; ``recorder compact --days``, or the import itself, folds it back in).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pyarrow.parquet as pq
 
 from recorder.errors import ArchiveError, CompactionError
 from recorder.store import layout
+from recorder.store.days import day_rows
 from recorder.store.durable import changing, fsync_dir
 from recorder.store.files import hour_files, parquet_problem, read_ndjson
 from recorder.store.schema import PARQUET_SCHEMA, merge_rows
@@ -220,9 +226,21 @@ class HourSpool:
         if rows.height:
             self.parts.setdefault((symbol, hour), []).append(self._spill(rows))
 
-    def _stored(self, hour_dir: Path) -> list[_Run]:
-        """What an hour holds now (its Parquet, its NDJSON spilled sorted), as runs."""
+    def _stored(self, symbol: str, hour: int) -> list[_Run]:
+        """What an hour holds now (its rows in a day file, its Parquet, its NDJSON spilled
+        sorted), as runs, the day file's first (among equal copies, it is kept)."""
         runs = []
+        hour_dir = layout.hour_dir(self.root, symbol, hour)
+        day_file = hour_dir.parent / layout.PARQUET
+        if day_file.exists():
+            problem = parquet_problem(day_file)
+            if problem is not None:
+                raise ArchiveError(
+                    f"{day_file} is not a readable Parquet file ({problem}); move it aside and "
+                    "import its day again; nothing was imported"
+                )
+            if (rows := day_rows(day_file, hour)).height:
+                runs.append(self._spill(rows))
         pq_path, ndjson = hour_files(hour_dir)
         if pq_path is not None:
             problem = parquet_problem(pq_path)
@@ -263,7 +281,7 @@ class HourSpool:
     def _merge_hour(self, symbol: str, hour: int, parts: list[_Run]) -> Path | None:
         """Merge an hour into a staged file; None if it would gain no trade."""
         final = layout.hour_dir(self.root, symbol, hour) / layout.PARQUET
-        stored = self._stored(final.parent)
+        stored = self._stored(symbol, hour)
         runs = stored + self._reduce(parts)
         out = _Writer(self.dir / final.relative_to(self.root), self.batch_rows)
         new = most = 0  # trades the hour gains; most rows in the output buffer and a batch
@@ -285,6 +303,13 @@ class HourSpool:
         out.verify()
         self.new_rows += new
         return out.path
+
+    def merged_days(self) -> list[tuple[str, int]]:
+        """(symbol, day index) of the days this spool wrote into that hold a day file."""
+        days = sorted({(s, h // 24) for s, h in self.parts})
+        return [
+            (s, d) for s, d in days if (layout.day_dir(self.root, s, d) / layout.PARQUET).exists()
+        ]
 
     def commit(self) -> int:
         """Merge every hour, then rename the merged files into the store; hours written."""
