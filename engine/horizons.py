@@ -59,6 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from engine import config
 from engine.errors import InputError
 
 __all__ = [
@@ -78,7 +79,7 @@ __all__ = [
 
 GROUPS = ("normal", "vol_only", "if_only", "both")
 METRICS = ("abs_return_sum", "abs_return")
-BOOTSTRAP_REPS = 1000
+BOOTSTRAP_REPS = config.REPS
 TRAILING_SPANS = (("5m", 300_000), ("30m", 1_800_000), ("6h", 21_600_000))
 ADJUSTMENT_COVARIATES = (
     *(f"trailing_abs_return_{label}" for label, _ in TRAILING_SPANS),
