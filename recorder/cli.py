@@ -318,6 +318,55 @@ def replay(data_dir: Path, files: tuple[Path, ...]) -> None:
     click.echo(f"replayed {r.rows} trades from {r.files} files; {r.hours} hours compacted")
 
 
+@main.command(context_settings=CONTEXT)
+@data_dir_option
+@click.option(
+    "--to", "to", required=True, help="Destination, s3://bucket/prefix (the bucket must exist)."
+)
+@click.option(
+    "--endpoint-url",
+    envvar="AWS_ENDPOINT_URL",
+    show_envvar=True,
+    default=None,
+    help="S3-compatible server, e.g. http://127.0.0.1:8333; AWS S3 if unset. Credentials "
+    "come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.",
+)
+@click.option(
+    "--delete-local",
+    is_flag=True,
+    help="Delete each local file whose verified copy is recorded (each symbol's newest file "
+    "stays, for the recorder to resume from).",
+)
+@_errors
+def upload(data_dir: Path, to: str, endpoint_url: str | None, delete_local: bool) -> None:
+    """Copy the store's closed Parquet files (hour and day files) to S3, verified.
+
+    Each copy is read back (size and sha256) before it is recorded in
+    DATA_DIR/state/uploads.ndjson; files recorded and unchanged are skipped, so a rerun or
+    a resumed run copies only what is missing or changed. Local files stay unless
+    --delete-local.
+
+    \b
+    Example:
+      AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\
+        recorder upload --data-dir data --to s3://my-bucket/tapewatch
+    """
+    from recorder.upload import S3Settings, parse_target, upload_store
+
+    target = parse_target(to)
+    settings = S3Settings.from_env(endpoint_url)
+    with cliutil.progress("bytes") as update:
+        r = upload_store(data_dir, target, settings, delete_local, update)
+    rate = r.copied_bytes / 1e6 / r.seconds if r.seconds > 0 else 0.0
+    line = (
+        f"uploaded {r.copied} files ({r.copied_bytes / 1e6:.1f} MB, {rate:.1f} MB/s) "
+        f"to {target.url}; {r.skipped} already uploaded"
+    )
+    if delete_local:
+        line += f"; deleted {r.deleted} local files"
+    click.echo(line)
+
+
 cliutil.show_envvars(main)
 
 if __name__ == "__main__":
