@@ -135,18 +135,23 @@ class _Isotree:
         self.contamination = p.contamination
 
     def fit(self, z: np.ndarray) -> _Isotree:
+        _check_finite(z)  # "fail" is undefined behaviour on NaN: check before isotree sees it
         self.forest.fit(np.asfortranarray(z))  # isotree fits on column-major data
         self.offset_ = float(np.percentile(self.score_samples(z), 100.0 * self.contamination))
         return self
 
     def score_samples(self, z: np.ndarray) -> np.ndarray:
         """Minus isotree's score of each row (row-major input: its fastest path)."""
-        if not np.isfinite(z).all():
-            raise DataError("a window feature is NaN or infinite; rebuild the windows")
+        _check_finite(z)
         return -self.forest.predict(np.ascontiguousarray(z))
 
     def decision_function(self, z: np.ndarray) -> np.ndarray:
         return self.score_samples(z) - self.offset_
+
+
+def _check_finite(z: np.ndarray) -> None:
+    if not np.isfinite(z).all():
+        raise DataError("a window feature is NaN or infinite; rebuild the windows")
 
 
 def fit(train: np.ndarray, p: ModelParams) -> Fitted:
