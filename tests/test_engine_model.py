@@ -150,6 +150,10 @@ def test_isotree_conventions_by_hand():
     assert flag.tolist() == [-1, 1] and d[0] < 0 < d[1]
     with pytest.raises(DataError, match="NaN or infinite"):
         fit(x, ModelParams(backend="isotree")).score(np.full((1, 3), np.nan))
+    bad = x.copy()
+    bad[5, 1] = np.nan  # a training row: refused before isotree's fit sees it
+    with pytest.raises(DataError, match="NaN or infinite"):
+        fit(bad, ModelParams(backend="isotree"))
 
 
 @pytest.fixture(scope="module")
