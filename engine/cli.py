@@ -572,15 +572,21 @@ def simulate(
 @_store_options(grid=True)
 @model_options
 @horizon_options
+@_options("executor", "ray_address")
 @output_options
 @_errors
-def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
+def sweep(fmt: str, output: Path | None, executor: str, ray_address: str | None, **kw: Any) -> None:
     """A grid of window sizes (one scan of the store), one combined table.
+
+    Each window size is one task, run here or on Ray (--executor ray): the same table either
+    way. A task that fails is tried again; one that keeps failing is an error naming it.
 
     \b
     Example:
       engine sweep --data-dir data --every 10s,20s,30s,60s --horizons 1m,5m
+      engine sweep --data-dir data --every 10s,20s --executor ray --ray-address auto
     """
+    from engine.executors import make
     from engine.pipeline import sweep as run_sweep
 
     everies = [ms for _, ms in kw["every"]]
@@ -589,8 +595,8 @@ def sweep(fmt: str, output: Path | None, **kw: Any) -> None:
         _check_horizons(s.horizons, e)
     _check_output(output)
     _check_grid(s, kw["max_windows"], everies)
-    with cliutil.progress() as progress:
-        report = run_sweep(s, everies, progress)
+    with make(executor, ray_address) as tasks, cliutil.progress() as progress:
+        report = run_sweep(s, everies, progress, tasks)
     print_report(report, fmt, output)
 
 

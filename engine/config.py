@@ -41,6 +41,8 @@ JOBS = 2  # parallel refit processes
 BACKEND = "isotree"  # Isolation Forest: "isotree" (fast, C++) or "sklearn" (the reference)
 BACKENDS = ("isotree", "sklearn")
 REPS = 1000  # bootstrap replicates
+EXECUTOR = "local"  # where a sweep's tasks run (engine/executors.py)
+EXECUTORS = ("local", "ray")
 SYMBOL = "BTCUSDT"
 
 # Sizes the engine refuses up front: the windows path reads the store a day at a time and
@@ -297,6 +299,21 @@ SETTINGS: tuple[Setting, ...] = (
         choices=BASELINES,
     ),
     Setting("reps", REPS, "Bootstrap replicates.", "int", lo=10, hi=100_000),
+    # Where tasks run (engine sweep)
+    Setting(
+        "executor",
+        EXECUTOR,
+        "Where tasks run: local (this machine) or ray (pip install 'tapewatch[ray]').",
+        "choice",
+        choices=EXECUTORS,
+    ),
+    Setting(
+        "ray_address",
+        None,
+        "Ray cluster for --executor ray: auto (the running one) or ray://HOST:10001; "
+        "default: a local Ray runtime for this run.",
+        "text",
+    ),
     # engine watch
     Setting(
         "grace",

@@ -17,6 +17,7 @@ import polars as pl
 
 from engine import config
 from engine.durations import format_ms, parse_duration, parse_durations
+from engine.executors import Executor, LocalExecutor
 from engine.horizons import (
     adjustment_covariates,
     compare,
@@ -32,11 +33,13 @@ from engine.windows import build_windows
 __all__ = [
     "DEFAULT_HORIZONS",
     "Settings",
+    "SizeTask",
     "flag_rate",
     "horizon_report",
     "load_windows",
     "prototype_report",
     "run",
+    "score_size",
     "score_windows",
     "sweep",
 ]
@@ -199,20 +202,48 @@ def run(
     return report, out
 
 
-def sweep(s: Settings, everies: Sequence[int], progress: Progress = _quiet) -> HorizonTable:
-    """One scan of the store, windows for every size, then scores and horizons per size."""
+@dataclass(frozen=True)
+class SizeTask:
+    """One window size of a sweep, shipped to an executor: the run's settings at that size
+    and its window table."""
+
+    settings: Settings
+    windows: pl.DataFrame
+
+    @property
+    def name(self) -> str:
+        return f"{self.settings.symbol.upper()} every {self.settings.every}"
+
+
+def score_size(task: SizeTask) -> HorizonTable:
+    """A sweep's task: scores and the horizon table of one window size (module level, so
+    that a process pool or Ray can pickle it; pure, so it may run twice)."""
+    scored = score_windows(task.settings, task.windows)
+    return horizon_report(task.settings, scored)
+
+
+def sweep(
+    s: Settings,
+    everies: Sequence[int],
+    progress: Progress = _quiet,
+    executor: Executor | None = None,
+) -> HorizonTable:
+    """One scan of the store, windows for every size, then scores and horizons per size, one
+    task per size on ``executor`` (default: in this process)."""
     index = open_store(s.data_dir, s.symbol)
     built = build_windows(
         index, list(everies), s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t)
     )
+    tasks = [SizeTask(replace(s, every_ms=e), built.pop(e)) for e in everies]
+    reports = (executor or LocalExecutor()).map(
+        score_size, tasks, lambda t: t.name, progress, "window sizes"
+    )
     rows: list[dict] = []
     rates = {}
-    for e in everies:
-        se = replace(s, every_ms=e)
-        scored = score_windows(se, built[e], progress)
-        rep = horizon_report(se, scored)
-        rates[se.every] = float(rep.flag_rate)  # type: ignore[arg-type]
-        rows += [{"every": se.every, **r} for r in rep.rows]
+    for task, rep in zip(tasks, reports, strict=True):
+        every = task.settings.every
+        rates[every] = float(rep.flag_rate)  # type: ignore[arg-type]
+        rows += [{"every": every, **r} for r in rep.rows]
     from scipy.stats import false_discovery_control
 
     ps = [r["p_naive"] for r in rows if r["p_naive"] is not None]

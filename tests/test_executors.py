@@ -1,0 +1,153 @@
+"""Executors: a sweep on a real local Ray runtime gives the local executor's table, a task that
+fails once is retried, and one that keeps failing is an error naming it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from synth import tape, write_store
+
+from engine import pipeline
+from engine.cli import main
+from engine.executors import LocalExecutor, RayExecutor
+from engine.model import ModelParams
+from engine.pipeline import Settings, SizeTask, score_size
+
+T0 = 1_723_075_200_000
+SMALL = ["--buffer", "100", "--retrain-every", "50", "--trees", "20", "--reps", "50", "--jobs", "1"]
+SIZES = [20_000, 30_000]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("executors")
+    write_store(root, "SIMUSDT", tape(T0, 3 * 3600, 2, seed=11))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def settings(store: Path) -> Settings:
+    return Settings(
+        data_dir=store,
+        symbol="SIMUSDT",
+        model=ModelParams(buffer=100, retrain_every=50, trees=20),
+        horizons=(("1m", 60_000),),
+        jobs=1,
+        reps=50,
+    )
+
+
+def sweep(*args: str, fmt: str = "json"):
+    return CliRunner().invoke(main, ["sweep", *args, "--format", fmt], catch_exceptions=False)
+
+
+def grid(store: Path) -> list[str]:
+    return ["--data-dir", str(store), "--symbol", "simusdt", "--every", "20s,30s"]
+
+
+def table(report) -> bytes:
+    return orjson.dumps(report.as_dict())  # NaN as null: equal tables give equal bytes
+
+
+@pytest.mark.ray
+def test_ray_sweep_table_equals_the_local_one(ray_runtime, store):
+    local = sweep(*grid(store), "--horizons", "1m,5m", *SMALL)
+    assert local.exit_code == 0, local.stderr
+    on_ray = sweep(*grid(store), "--horizons", "1m,5m", *SMALL, "--executor", "ray")
+    assert on_ray.exit_code == 0, on_ray.stderr
+    assert on_ray.stdout == local.stdout
+    body = orjson.loads(on_ray.stdout)
+    assert sorted({(r["every"], r["horizon"]) for r in body["rows"]}) == [
+        ("20s", "1m"), ("20s", "5m"), ("30s", "1m"), ("30s", "5m")
+    ]  # fmt: skip
+    assert set(body["flag_rate"]) == {"20s", "30s"}
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("where", ["local", "ray"])
+def test_a_task_that_fails_once_is_retried(where, ray_runtime, store, tmp_path, monkeypatch):
+    s = settings(store)
+    expected = table(pipeline.sweep(s, SIZES))
+    flag = tmp_path / "fail-once"
+    flag.touch()
+
+    def flaky(task: SizeTask):
+        if task.settings.every_ms == 30_000 and flag.exists():
+            flag.unlink()  # the first try removes it: the retry succeeds
+            raise RuntimeError("worker lost")
+        return score_size(task)
+
+    monkeypatch.setattr(pipeline, "score_size", flaky)
+    executor = LocalExecutor() if where == "local" else RayExecutor()
+    with executor:
+        got = table(pipeline.sweep(s, SIZES, executor=executor))
+    assert not flag.exists() and got == expected
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("where", ["local", "ray"])
+def test_a_task_that_keeps_failing_is_named(where, ray_runtime, store, tmp_path, monkeypatch):
+    tries = tmp_path / "tries"
+    tries.mkdir()
+
+    def broken(task: SizeTask):
+        if task.settings.every_ms == 30_000:
+            (tries / str(len(list(tries.iterdir())))).touch()
+            raise RuntimeError("disk on fire")
+        return score_size(task)
+
+    monkeypatch.setattr(pipeline, "score_size", broken)
+    r = CliRunner().invoke(main, ["sweep", *grid(store), *SMALL, "--executor", where])
+    assert (r.exit_code, r.stdout) == (1, ""), r.output
+    error = (
+        "Error: task SIMUSDT every 30s failed 3 times (RuntimeError: disk on fire); "
+        "no table without it: rerun, and report the error if it persists"
+    )
+    lines = r.stderr.splitlines()
+    if where == "local":
+        assert lines == [error]
+    else:  # Ray's own notices of the retries come before, on stderr
+        assert lines[-1] == error and [x for x in lines if x.startswith("Error:")] == [error]
+    assert len(list(tries.iterdir())) == 3
+
+
+@pytest.mark.ray
+def test_an_engine_error_in_a_task_is_not_retried_and_reads_as_locally(ray_runtime, store):
+    args = [*grid(store), *SMALL, "--buffer", "800"]  # 540 windows of 20s: too few
+    local = CliRunner().invoke(main, ["sweep", *args])
+    on_ray = CliRunner().invoke(main, ["sweep", *args, "--executor", "ray"])
+    assert (on_ray.exit_code, on_ray.stderr) == (local.exit_code, local.stderr)
+    assert local.exit_code == 1 and local.stderr.startswith(
+        "Error: fewer windows than the buffer: 540 scoreable windows"
+    )
+
+
+def test_a_process_pool_gives_the_in_process_results(store):
+    s = settings(store)
+    with LocalExecutor(workers=2) as pool:
+        assert table(pipeline.sweep(s, SIZES, executor=pool)) == table(pipeline.sweep(s, SIZES))
+
+
+def test_executor_ray_without_ray_is_one_line_with_the_install_hint(store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    r = CliRunner().invoke(main, ["sweep", *grid(store), *SMALL, "--executor", "ray"])
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert r.stderr == (
+        "Error: --executor ray needs Ray, which is not installed: pip install 'tapewatch[ray]'\n"
+    )
+    r = CliRunner().invoke(main, ["sweep", *grid(store), "--ray-address", "auto"])
+    assert (r.exit_code, r.stderr) == (1, "Error: --ray-address auto needs --executor ray\n")
+    r = CliRunner().invoke(main, ["sweep", *grid(store)], env={"TAPEWATCH_ENGINE_EXECUTOR": "dask"})
+    assert r.exit_code == 2 and "'dask' is not one of 'local', 'ray'" in r.stderr
