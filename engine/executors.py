@@ -146,8 +146,7 @@ class LocalExecutor(Executor):
         return out
 
     def _in_pool(self, fn, items, name_of, progress, stage) -> list:
-        results: dict[int, Any] = {}
-        failures: dict[int, EngineError] = {}
+        got = _Outcomes(len(items), progress, stage)
         tries = dict.fromkeys(range(len(items)), 0)
         running: dict[cf.Future, int] = {}
 
@@ -159,7 +158,6 @@ class LocalExecutor(Executor):
             tries[i] += 1
             running[self._pool.submit(_attempt, fn, items[i])] = i
 
-        progress(stage, 0, len(items))
         for i in range(len(items)):
             submit(i)
         while running:
@@ -177,18 +175,14 @@ class LocalExecutor(Executor):
                     if tries[i] < self.tries:
                         submit(i)
                     else:
-                        failures[i] = _failed(name_of(items[i]), self.tries, e)
+                        got.failed(i, _failed(name_of(items[i]), self.tries, e))
                     continue
-                if isinstance(value, _Refused):
-                    failures[i] = value.error
-                    continue
-                results[i] = value
-                progress(stage, len(results), len(items))
-            error = _first_failure(failures, results)
+                got.returned(i, value)
+            error = got.first_failure()
             if error is not None:
                 self.close()
                 raise error
-        return [results[i] for i in range(len(items))]
+        return got.in_order()
 
     def _drop_pool(self) -> None:
         if self._pool is not None:
@@ -199,13 +193,37 @@ class LocalExecutor(Executor):
         self._drop_pool()
 
 
-def _first_failure(failures: dict[int, EngineError], results: dict[int, Any]) -> EngineError | None:
-    """The failure to report once every item before it has a result: the same one the
-    in-process executor, which goes in order, would report (not whichever finished first)."""
-    if not failures:
-        return None
-    first = min(failures)
-    return failures[first] if all(j in results for j in range(first)) else None
+class _Outcomes:
+    """What the tasks of one ``map`` gave, as they finish in any order: results, failures
+    (a task's own ``EngineError`` or its retries exhausted), and progress."""
+
+    def __init__(self, total: int, progress: Progress, stage: str):
+        self.total, self.progress, self.stage = total, progress, stage
+        self.results: dict[int, Any] = {}
+        self.failures: dict[int, EngineError] = {}
+        progress(stage, 0, total)
+
+    def returned(self, i: int, value: Any) -> None:
+        if isinstance(value, _Refused):
+            self.failures[i] = value.error
+            return
+        self.results[i] = value
+        self.progress(self.stage, len(self.results), self.total)
+
+    def failed(self, i: int, error: EngineError) -> None:
+        self.failures[i] = error
+
+    def first_failure(self) -> EngineError | None:
+        """The failure to report once every item before it has a result: the same one the
+        in-process executor, which goes in order, would report (not whichever finished
+        first)."""
+        if not self.failures:
+            return None
+        first = min(self.failures)
+        return self.failures[first] if all(j in self.results for j in range(first)) else None
+
+    def in_order(self) -> list:
+        return [self.results[i] for i in range(self.total)]
 
 
 def _stalled(names: list[str]) -> DataError:
@@ -271,10 +289,8 @@ class RayExecutor(Executor):
         fn_ref = ray.put(fn)
         refs = [task.remote(fn_ref, item) for item in items]
         index = {ref: i for i, ref in enumerate(refs)}
-        results: dict[int, Any] = {}
-        failures: dict[int, EngineError] = {}
+        got = _Outcomes(len(items), progress, stage)
         pending = list(refs)
-        progress(stage, 0, len(items))
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=TIMEOUT)
             if not ready:
@@ -287,19 +303,15 @@ class RayExecutor(Executor):
                     value = ray.get(ref, timeout=TIMEOUT)
                 except Exception as e:  # RayTaskError (the task's own error is its cause)
                     cause = getattr(e, "cause", None) or e
-                    failures[i] = _failed(name_of(items[i]), self.tries, cause)
+                    got.failed(i, _failed(name_of(items[i]), self.tries, cause))
                     continue
-                if isinstance(value, _Refused):
-                    failures[i] = value.error
-                    continue
-                results[i] = value
-                progress(stage, len(results), len(items))
-            error = _first_failure(failures, results)
+                got.returned(i, value)
+            error = got.first_failure()
             if error is not None:
                 for other in pending:
                     ray.cancel(other, force=True)
                 raise error
-        return [results[i] for i in range(len(items))]
+        return got.in_order()
 
     def close(self) -> None:
         if self._started:
