@@ -79,7 +79,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -153,6 +153,18 @@ ADDS, NO_EVIDENCE, TOO_LITTLE = (
 )
 HALF_HOUR_MS = 1_800_000
 Z975 = 1.959963984540054
+
+
+class PoolInput(NamedTuple):
+    """The model flag's evaluation sample for one (metric, horizon): the rows' window
+    indices (window start // window size), the outcome's and the flag's residuals on the
+    adjustment design, the flag (0/1), and the horizon in windows."""
+
+    index: np.ndarray
+    y_res: np.ndarray
+    f_res: np.ndarray
+    flag: np.ndarray
+    k: int
 
 
 @dataclass(frozen=True)
@@ -272,6 +284,18 @@ def _qlike(logrv: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(q - np.log(q) - 1))
 
 
+def judge(rows: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
+    """Benjamini-Hochberg over the ``rows`` with a p-value (one family), in place: each gets
+    ``p_bh``, and ``adds information`` when that is below ``alpha`` with an effect above 1
+    (``too little data`` stays). The family, in order."""
+    family = [r for r in rows if r["p_value"] is not None]
+    for r, adj in zip(family, bh_adjust([r["p_value"] for r in family]), strict=True):
+        r["p_bh"] = adj
+        if r["verdict"] != TOO_LITTLE:
+            r["verdict"] = ADDS if adj < alpha and (r["effect"] or 0) > 1 else NO_EVIDENCE
+    return family
+
+
 def _horizon_rows(
     tp: Design,
     h: Horizon,
@@ -280,10 +304,12 @@ def _horizon_rows(
     min_rows: int,
     every_ms: int,
     p: EvalParams,
+    pool: dict[tuple[str, str], PoolInput] | None = None,
 ) -> tuple[dict[tuple[str, str, str], dict[str, Any]], int]:
     """The rows of one horizon (keyed by metric, horizon, flag) and its evaluation sample's
     size. One function per horizon so that its arrays (hundreds of MB for a year) are gone
-    before the next horizon's are made."""
+    before the next horizon's are made. ``pool``: filled with the model flag's arrays per
+    (metric, horizon), for a test pooled over symbols (``engine.pooled``)."""
     k = h.k
     y, future_ok = targets(tp, k)
     train = tp.base_ok & future_ok
@@ -302,6 +328,10 @@ def _horizon_rows(
     rows = {}
     for mi, metric in enumerate(METRICS):
         rot = rotation_stats(res[mi][:, 0], fe, spectrum) if len(ev) else np.zeros((0, len(FLAGS)))
+        if pool is not None:
+            pool[(metric, h.label)] = PoolInput(
+                tp.index[ev], res[mi][:, 0].copy(), res[mi][:, 1].copy(), fe[:, 0].copy(), k
+            )
         for j, name in enumerate(FLAGS):
             rows[(metric, h.label, name)] = _row(
                 h.label,
@@ -361,9 +391,12 @@ def evaluate(
     horizons: Sequence[Horizon],
     every_ms: int,
     params: EvalParams | None = None,
+    pool: dict[tuple[str, str], PoolInput] | None = None,
 ) -> Evaluation:
     """Evaluate the ``prediction`` column (-1 = flagged; null = not scored) and the competitor
-    flags against the walk-forward volatility baseline, for every horizon.
+    flags against the walk-forward volatility baseline, for every horizon. ``pool``: a dict
+    to fill with the model flag's evaluation arrays per (metric, horizon label), the inputs
+    of ``engine.pooled``'s test across symbols.
 
     ``windows``: one row per window in time order (a complete grid from the store, or the
     prototype's rows), with ``window_start``, ``trade_count``, ``volume``, ``return``,
@@ -378,15 +411,11 @@ def evaluate(
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     evaluated = 0
     for h in horizons:
-        got, n_ev = _horizon_rows(tp, h, starts, models, min_rows, every_ms, p)
+        got, n_ev = _horizon_rows(tp, h, starts, models, min_rows, every_ms, p, pool)
         rows.update(got)
         evaluated = max(evaluated, n_ev)
     ordered = [rows[(m, h.label, name)] for m in METRICS for h in horizons for name in FLAGS]
-    family = [r for r in ordered if r["p_value"] is not None]
-    for r, adj in zip(family, bh_adjust([r["p_value"] for r in family]), strict=True):
-        r["p_bh"] = adj
-        if r["verdict"] != TOO_LITTLE and adj < p.alpha and (r["effect"] or 0) > 1:
-            r["verdict"] = ADDS
+    family = judge(ordered, p.alpha)
     notes = []
     if evaluated == 0:
         notes.append(
@@ -435,9 +464,14 @@ def append_ledger(data_dir: Path, ev: Evaluation) -> int:
     return sum(b'"p_value":' in line and b'"p_value":null' not in line for line in held)
 
 
-def evaluate_scored(s: Settings, scored: pl.DataFrame, ledger: bool = True) -> Evaluation:
+def evaluate_scored(
+    s: Settings,
+    scored: pl.DataFrame,
+    ledger: bool = True,
+    pool: dict[tuple[str, str], PoolInput] | None = None,
+) -> Evaluation:
     """``evaluate`` on a store's scored windows, recorded in the store's ledger."""
-    ev = evaluate(scored, horizons_for(s.horizons, s.every_ms), s.every_ms)
+    ev = evaluate(scored, horizons_for(s.horizons, s.every_ms), s.every_ms, pool=pool)
     ev = replace(ev, parameters={**s.parameters(), **ev.parameters})
     return replace(ev, ledger_comparisons=append_ledger(s.data_dir, ev)) if ledger else ev
 

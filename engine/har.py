@@ -135,6 +135,7 @@ class Design:
     floor: float
     floor_abs: float
     rate: float | None  # the model's flag rate over the rows that may be forecast
+    index: np.ndarray  # each window's place on the epoch grid: start // window size
 
 
 def design(w: pl.DataFrame, every_ms: int, p: EvalParams) -> Design:
@@ -243,7 +244,8 @@ def design(w: pl.DataFrame, every_ms: int, p: EvalParams) -> Design:
     for j, f in enumerate(flags):
         x[:, 1 + c.shape[1] + j] = f
     return Design(
-        r, ok, last, x, 1 + c.shape[1], enter_after, base_ok, warmup, floor, floor_abs, rate
+        r, ok, last, x, 1 + c.shape[1], enter_after, base_ok, warmup, floor, floor_abs, rate,
+        t // every_ms,
     )
 
 
