@@ -156,11 +156,11 @@ Z975 = 1.959963984540054
 
 
 class PoolInput(NamedTuple):
-    """The model flag's evaluation sample for one (metric, horizon): the rows' window
-    indices (window start // window size), the outcome's and the flag's residuals on the
+    """The model flag's evaluation sample for one (metric, horizon): the rows' places on the
+    window grid (window start // window size), the outcome's and the flag's residuals on the
     adjustment design, the flag (0/1), and the horizon in windows."""
 
-    index: np.ndarray
+    grid: np.ndarray
     y_res: np.ndarray
     f_res: np.ndarray
     flag: np.ndarray

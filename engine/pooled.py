@@ -83,8 +83,8 @@ def min_shift(n: int, k: int, every_ms: int, p: EvalParams) -> int:
 
 def _on_grid(inp: PoolInput, lo: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(y~, f~, flag) of one symbol on the grid ``lo .. lo + n - 1``, 0 where it has no row."""
-    keep = (inp.index >= lo) & (inp.index < lo + n)
-    at = inp.index[keep] - lo
+    keep = (inp.grid >= lo) & (inp.grid < lo + n)
+    at = inp.grid[keep] - lo
     out = np.zeros((3, n))
     out[0, at], out[1, at], out[2, at] = inp.y_res[keep], inp.f_res[keep], inp.flag[keep]
     return out[0], out[1], out[2]
@@ -97,12 +97,12 @@ def _pooled_row(
     row.update(
         horizon=horizon, flag="model", metric=metric, symbols=len(inputs), verdict=TOO_LITTLE
     )
-    inputs = [i for i in inputs if len(i.index)]
+    inputs = [i for i in inputs if len(i.grid)]
     if not inputs:
         return row
     k = inputs[0].k
-    lo = max(int(i.index[0]) for i in inputs)
-    hi = min(int(i.index[-1]) for i in inputs) + 1
+    lo = max(int(i.grid[0]) for i in inputs)
+    hi = min(int(i.grid[-1]) for i in inputs) + 1
     n = fft_length(hi - lo) if hi > lo else 0
     lo = hi - n
     row.update(first_window=lo * every_ms, windows=n)
@@ -115,7 +115,7 @@ def _pooled_row(
     rows = flags = 0
     for inp in inputs:
         y, f_res, flag = _on_grid(inp, lo, n)
-        rows += int(np.count_nonzero((inp.index >= lo) & (inp.index < hi)))
+        rows += int(np.count_nonzero((inp.grid >= lo) & (inp.grid < hi)))
         flags += int(flag.sum())
         cross += f_res * y
         square += f_res * f_res

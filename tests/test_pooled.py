@@ -237,7 +237,7 @@ def test_pooling_runs_on_the_windows_every_symbol_spans():
     tapes = market(1, "bursts", symbols=("AAAUSDT", "BBBUSDT"), offset={"BBBUSDT": 4320})
     _, inputs = pool_of(tapes)
     row = primary(pooled_rows(inputs, LABELS, EVERY_MS), "1m")
-    a, b = (inputs[s][("log_rv", "1m")].index for s in ("AAAUSDT", "BBBUSDT"))
+    a, b = (inputs[s][("log_rv", "1m")].grid for s in ("AAAUSDT", "BBBUSDT"))
     assert row["first_window"] // EVERY_MS >= max(a[0], b[0])
     assert row["first_window"] // EVERY_MS + row["windows"] == min(a[-1], b[-1]) + 1
     assert row["windows"] == fft_length(min(a[-1], b[-1]) + 1 - max(a[0], b[0]))
