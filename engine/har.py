@@ -244,7 +244,17 @@ def design(w: pl.DataFrame, every_ms: int, p: EvalParams) -> Design:
     for j, f in enumerate(flags):
         x[:, 1 + c.shape[1] + j] = f
     return Design(
-        r, ok, last, x, 1 + c.shape[1], enter_after, base_ok, warmup, floor, floor_abs, rate,
+        r,
+        ok,
+        last,
+        x,
+        1 + c.shape[1],
+        enter_after,
+        base_ok,
+        warmup,
+        floor,
+        floor_abs,
+        rate,
         t // every_ms,
     )
 
