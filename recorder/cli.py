@@ -339,22 +339,24 @@ def replay(data_dir: Path, files: tuple[Path, ...]) -> None:
 )
 @_errors
 def upload(data_dir: Path, to: str, endpoint_url: str | None, delete_local: bool) -> None:
-    """Copy the store's closed Parquet files (hour and day files) to S3, verified.
+    """Copy the store's closed Parquet files (hour and day files) and its gap log to S3,
+    verified.
 
     Each copy is read back (size and sha256) before it is recorded in
     DATA_DIR/state/uploads.ndjson; files recorded and unchanged are skipped, so a rerun or
     a resumed run copies only what is missing or changed. Local files stay unless
-    --delete-local.
+    --delete-local. The engine reads the copy: engine run --data-dir s3://bucket/prefix.
 
     \b
     Example:
       AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\
         recorder upload --data-dir data --to s3://my-bucket/tapewatch
     """
-    from recorder.upload import S3Settings, parse_target, upload_store
+    from recorder.store.objects import S3Settings, parse_target
+    from recorder.upload import upload_store
 
-    target = parse_target(to)
-    settings = S3Settings.from_env(endpoint_url)
+    target = parse_target(to, "--to")
+    settings = S3Settings.from_env(endpoint_url, option="--endpoint-url")
     with cliutil.progress("bytes") as update:
         r = upload_store(data_dir, target, settings, delete_local, update)
     rate = r.copied_bytes / 1e6 / r.seconds if r.seconds > 0 else 0.0

@@ -9,7 +9,7 @@ recording. Light on purpose: both CLIs import it before any heavy library.
 - ``check_environment``: an unknown ``TAPEWATCH_*`` variable is an error, with a did-you-mean.
 - ``check_writable``: an output that cannot be written is refused before any work starts.
 - ``data_dir_option``, ``require_store``: the store, from ``--data-dir`` or
-  ``TAPEWATCH_DATA_DIR``.
+  ``TAPEWATCH_DATA_DIR`` (for the engine's readers, also an ``s3://bucket/prefix`` copy).
 - ``SYMBOL``, ``SYMBOLS``: the one symbol rule, ASCII letters and digits, upper-cased.
 - ``progress``, ``write_table``, ``setup_logging``: rich bars and tables, logs on stderr.
 """
@@ -226,15 +226,44 @@ def _probe(folder: Path) -> None:
 # ---- the store -----------------------------------------------------------------------
 
 
-def data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--data-dir`` (env ``TAPEWATCH_DATA_DIR``), the store both CLIs work on."""
+class _DataDir(click.ParamType):
+    """A local folder (a Path), or an ``s3://bucket/prefix`` URL (kept as text), checked."""
+
+    name = "directory"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from recorder.store.objects import ObjectStoreError, is_url, parse_target
+
+        if isinstance(value, Path) or not is_url(str(value)):
+            return click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
+        try:
+            parse_target(str(value), "--data-dir")
+        except ObjectStoreError as e:
+            raise click.ClickException(str(e)) from None
+        return str(value)
+
+
+def data_dir_option(
+    fn: Callable[..., Any], remote: bool = False, help: str | None = None
+) -> Callable[..., Any]:
+    """``--data-dir`` (env ``TAPEWATCH_DATA_DIR``), the store both CLIs work on; with
+    ``remote``, also the ``s3://bucket/prefix`` of a copy (``recorder upload``), passed on as
+    text (a local store is a Path). ``help``: instead of the usual help text."""
     return click.option(
         "--data-dir",
         envvar=DATA_DIR_ENV,
         show_envvar=True,
         default=DEFAULT_DATA_DIR,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="The store.",
+        type=_DataDir() if remote else click.Path(file_okay=False, path_type=Path),
+        metavar="DIRECTORY|s3://BUCKET/PREFIX" if remote and help is None else "DIRECTORY",
+        help=help
+        or (
+            "The store, or the s3://bucket/prefix `recorder upload` copied it to (read-only; "
+            "endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_REGION)."
+            if remote
+            else "The store."
+        ),
     )(fn)
 
 

@@ -2,11 +2,13 @@
 
 ``upload_store(root, target, settings)`` lists the closed files (hour files
 ``trades/symbol=S/date=D/hour=H/trades.parquet`` of hours without NDJSON, and day files
-``trades/symbol=S/date=D/trades.parquet``), and for each one not yet uploaded:
+``trades/symbol=S/date=D/trades.parquet``) and the gap log ``gaps/gaps.ndjson`` (so that an
+engine reading the copy flags the same gaps), and for each one not yet uploaded:
 
 1. opens it once, streams it to ``s3://bucket/prefix/<the same relative path>`` while hashing
    it (sha256), and takes its size and mtime from that open file, so a file replaced meanwhile
-   (a re-compaction, a day merge) is recorded as the version that was sent;
+   (a re-compaction, a day merge) is recorded as the version that was sent; only that many
+   bytes are sent, so lines appended to the gap log meanwhile wait for the next run;
 2. reads the object back: its size must match, and the sha256 of its bytes too;
 3. appends one line to the ledger ``state/uploads.ndjson`` and fsyncs it::
 
@@ -22,13 +24,18 @@ is ignored.
 With ``delete_local``, a file is deleted only when its ledger line matches it (size and mtime),
 the object still has that size, and it is not its symbol's newest closed file: the recorder
 resumes from the newest stored trade, and without it would refetch what was deleted.
-Deletions are announced to readers (``changing``).
+Deletions are announced to readers (``changing``). The gap log is never deleted.
+
+The destination and the connection (``s3://`` URLs, ``AWS_*`` variables, timeouts) are
+``recorder.store.objects``, shared with the engine, which reads such a copy.
 
 Errors::
 
     RecorderError
-    └── UploadError    a bad destination, an endpoint that cannot be reached, refused
-                       credentials, a missing bucket, or a copy that did not verify
+    ├── StoreError
+    │   └── ObjectStoreError  a bad destination or endpoint, an endpoint that cannot be
+    │                         reached, refused credentials (recorder.store.objects)
+    └── UploadError           no store, a missing bucket, or a copy that did not verify
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,26 +55,19 @@ from recorder.errors import RecorderError
 from recorder.store import layout
 from recorder.store.durable import changing, fsync_dir
 from recorder.store.files import list_day
+from recorder.store.objects import S3Settings, Target, bucket_exists, filesystem, s3_errors
 
 __all__ = [
     "CHUNK_BYTES",
-    "CONNECT_TIMEOUT",
     "LEDGER",
-    "REQUEST_TIMEOUT",
-    "S3Settings",
-    "Target",
     "UploadError",
     "UploadResult",
     "closed_files",
-    "parse_target",
     "read_ledger",
     "upload_store",
 ]
 
 LEDGER = "state/uploads.ndjson"
-CONNECT_TIMEOUT = 10.0  # seconds to open a connection to the endpoint
-REQUEST_TIMEOUT = 60.0  # seconds one request may wait for data
-ATTEMPTS = 3  # tries per request (the AWS SDK's standard retry strategy)
 CHUNK_BYTES = 8 << 20  # bytes read and sent at a time
 _RELIST = 20  # listings of one day before giving up on a day that keeps changing
 
@@ -79,64 +79,12 @@ class UploadError(RecorderError):
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """Where the store goes: ``s3://bucket/prefix``."""
-
-    bucket: str
-    prefix: str  # without leading or trailing slashes; may be empty
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-
-    def path(self, key: str) -> str:
-        """The object's path as pyarrow names it: ``bucket/prefix/key``."""
-        return "/".join(p for p in (self.bucket, self.prefix, key) if p)
-
-
-@dataclass(frozen=True, slots=True)
-class S3Settings:
-    """How to reach the object store. None: the AWS SDK's defaults (its credential chain)."""
-
-    endpoint_url: str | None = None  # http://127.0.0.1:8333 for an S3-compatible server
-    access_key: str | None = None
-    secret_key: str | None = None
-    region: str = "us-east-1"
-    connect_timeout: float = CONNECT_TIMEOUT
-    request_timeout: float = REQUEST_TIMEOUT
-
-    @classmethod
-    def from_env(cls, endpoint_url: str | None = None) -> S3Settings:
-        """From ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` (or
-        ``AWS_DEFAULT_REGION``) and ``AWS_ENDPOINT_URL`` (``endpoint_url`` wins)."""
-        env = os.environ
-        return cls(
-            endpoint_url=endpoint_url or env.get("AWS_ENDPOINT_URL") or None,
-            access_key=env.get("AWS_ACCESS_KEY_ID") or None,
-            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class UploadResult:
     copied: int  # files copied and verified in this run
     copied_bytes: int
     skipped: int  # already in the ledger, unchanged
     deleted: int  # local files deleted (with delete_local)
     seconds: float  # wall time of the copies
-
-
-def parse_target(url: str) -> Target:
-    """``s3://bucket/prefix`` -> Target; UploadError for anything else."""
-    hint = "give one like --to s3://my-bucket/tapewatch"
-    if not url.startswith("s3://"):
-        raise UploadError(f"{url!r} is not an s3:// URL; {hint}")
-    bucket, _, prefix = url[len("s3://") :].partition("/")
-    ok = 3 <= len(bucket) <= 63 and all(c.islower() or c.isdigit() or c in ".-" for c in bucket)
-    if not ok or not bucket.isascii():
-        raise UploadError(f"{url!r} does not name a valid bucket; {hint}")
-    return Target(bucket, prefix.strip("/"))
 
 
 # ---- the store's side ----------------------------------------------------------------
@@ -205,72 +153,20 @@ def _recorded(rec: dict[str, Any] | None, st: os.stat_result) -> bool:
 # ---- the object store's side ---------------------------------------------------------
 
 
-def _filesystem(settings: S3Settings) -> Any:
-    from pyarrow import fs
-
-    kw: dict[str, Any] = {}
-    if settings.endpoint_url:
-        scheme, sep, host = settings.endpoint_url.partition("://")
-        if not sep or scheme not in ("http", "https") or not host.strip("/"):
-            raise UploadError(
-                f"endpoint {settings.endpoint_url!r} is not an http(s):// URL; "
-                "give one like --endpoint-url http://127.0.0.1:8333"
-            )
-        kw.update(endpoint_override=host.strip("/"), scheme=scheme)
-    if settings.access_key or settings.secret_key:
-        kw.update(access_key=settings.access_key or "", secret_key=settings.secret_key or "")
-    return fs.S3FileSystem(
-        region=settings.region,
-        connect_timeout=settings.connect_timeout,
-        request_timeout=settings.request_timeout,
-        retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS),
-        **kw,
-    )
-
-
-@contextlib.contextmanager
-def _s3_errors(settings: S3Settings, what: str) -> Iterator[None]:
-    """The AWS SDK's OSError as one UploadError saying what to do."""
-    try:
-        yield
-    except OSError as e:
-        text = str(e)
-        where = settings.endpoint_url or "AWS S3"
-        if "NETWORK_CONNECTION" in text or "curlCode" in text:
-            hint = f"cannot reach {where}; check --endpoint-url (AWS_ENDPOINT_URL) and the network"
-        elif any(
-            s in text
-            for s in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE", "Forbidden", "403")
-        ):
-            hint = (
-                f"{where} refused the credentials; check AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY"
-            )
-        else:
-            hint = "run the command again; files already verified are not copied twice"
-        detail = text.splitlines()[0][:200] if text else type(e).__name__
-        raise UploadError(f"{what}: {hint} ({detail})") from None
-
-
-def _check_bucket(s3: Any, target: Target, settings: S3Settings) -> None:
-    from pyarrow import fs
-
-    with _s3_errors(settings, f"cannot open {target.url}"):
-        info = s3.get_file_info(target.bucket)
-        # HeadBucket answers 403 and 404 alike for some servers; a listing tells them apart.
-        s3.get_file_info(fs.FileSelector(target.path(""), allow_not_found=True))
-    if info.type == fs.FileType.NotFound:
-        raise UploadError(f"bucket {target.bucket!r} does not exist; create it first")
+_RETRY = "run the command again; files already verified are not copied twice"
 
 
 def _copy(s3: Any, local: Path, remote: str) -> tuple[os.stat_result, str]:
-    """Stream ``local`` to ``remote``; (the stat of what was sent, its sha256)."""
+    """Stream ``local`` to ``remote``, as large as it was when opened (the gap log may grow
+    meanwhile); (the stat of what was sent, its sha256)."""
     digest = hashlib.sha256()
     with open(local, "rb") as f:
         st = os.fstat(f.fileno())
+        left = st.st_size
         out = s3.open_output_stream(remote)
         try:
-            while chunk := f.read(CHUNK_BYTES):
+            while left and (chunk := f.read(min(CHUNK_BYTES, left))):
+                left -= len(chunk)
                 digest.update(chunk)
                 out.write(chunk)
         except BaseException:
@@ -305,19 +201,21 @@ def upload_store(
     delete_local: bool = False,
     progress: Progress | None = None,
 ) -> UploadResult:
-    """Copy every closed Parquet file of the store at ``root`` not yet uploaded to ``target``,
-    verify each copy (size, then sha256 of the object's bytes) and record it in the ledger;
-    with ``delete_local``, then delete the local files whose copies are recorded (see the
-    module docstring). ``progress(stage, done_bytes, total_bytes)`` is called per file."""
+    """Copy every closed Parquet file of the store at ``root`` and its gap log not yet uploaded
+    to ``target``, verify each copy (size, then sha256 of the object's bytes) and record it in
+    the ledger; with ``delete_local``, then delete the local files whose copies are recorded
+    (see the module docstring). ``progress(stage, done_bytes, total_bytes)`` is called per file."""
     if not (root / layout.TRADES).is_dir():
         raise UploadError(f"no store at {root}; pass --data-dir where `recorder run` writes")
-    s3 = _filesystem(settings)
-    _check_bucket(s3, target, settings)
+    s3 = filesystem(settings)
+    if not bucket_exists(s3, target, settings):
+        raise UploadError(f"bucket {target.bucket!r} does not exist; create it first")
     ledger = read_ledger(root)
     files = closed_files(root)
+    gaps = [root / layout.GAPS] if (root / layout.GAPS).is_file() else []
     todo: list[tuple[Path, str, int]] = []
     skipped = 0
-    for path in files:
+    for path in files + gaps:
         key = path.relative_to(root).as_posix()
         try:
             st = path.stat()
@@ -332,7 +230,7 @@ def upload_store(
     started = time.monotonic()
     for path, key, _ in todo:
         remote = target.path(key)
-        with _s3_errors(settings, f"cannot copy {path} to s3://{remote}"):
+        with s3_errors(settings, f"cannot copy {path} to s3://{remote}", _RETRY):
             try:
                 st, sha = _copy(s3, path, remote)
             except FileNotFoundError:
@@ -387,7 +285,7 @@ def _delete_uploaded(
             continue
         if path in keep or not _recorded(rec, st):
             continue
-        with _s3_errors(settings, f"cannot check s3://{target.path(key)}"):
+        with s3_errors(settings, f"cannot check s3://{target.path(key)}", _RETRY):
             info = s3.get_file_info(target.path(key))
         if info.size == st.st_size:
             doomed.append((path, rec))

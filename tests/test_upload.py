@@ -23,7 +23,8 @@ from synth import tape, write_store
 from recorder.cli import main
 from recorder.store import layout
 from recorder.store.days import merge_day
-from recorder.upload import LEDGER, S3Settings, closed_files, parse_target, upload_store
+from recorder.store.objects import S3Settings, parse_target
+from recorder.upload import LEDGER, closed_files, upload_store
 
 T0 = 1_723_075_200_000  # 2024-08-08 00:00 UTC
 
@@ -119,7 +120,7 @@ def test_upload_copies_every_closed_file_and_a_rerun_copies_nothing(s3, tmp_path
 
 def test_an_interrupted_upload_resumes_and_overwrites_a_partial_object(s3, tmp_path):
     keys = small_store(tmp_path)
-    target = parse_target(f"s3://{s3.bucket}/interrupted")
+    target = parse_target(f"s3://{s3.bucket}/interrupted", "--to")
     settings = _settings(s3)
 
     def stop_after_first(stage, done, total):
@@ -199,6 +200,33 @@ def test_delete_local_deletes_only_verified_copies(s3, tmp_path):
     ).exists()
     for key in keys[:2]:
         assert remote_bytes(s3, f"{s3.bucket}/deleting/{key}") is not None
+
+
+def test_the_gap_log_is_copied_sent_again_when_it_grows_and_never_deleted(s3, tmp_path):
+    keys = small_store(tmp_path)
+    gaps = tmp_path / layout.GAPS
+    gaps.parent.mkdir()
+    line = {"symbol": "BTCUSDT", "first_id": 7, "last_id": 9, "after_time": T0, "before_time": T0}
+    gaps.write_bytes(orjson.dumps(line) + b"\n")
+    url = f"s3://{s3.bucket}/gaps"
+    r = run(s3, "--data-dir", str(tmp_path), "--to", url)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("uploaded 6 files (")
+    assert remote_bytes(s3, f"{s3.bucket}/gaps/{layout.GAPS}") == gaps.read_bytes()
+    ledger = [orjson.loads(x) for x in (tmp_path / LEDGER).read_bytes().splitlines()]
+    assert [e["key"] for e in ledger] == [*keys, layout.GAPS]
+    assert ledger[-1]["sha256"] == sha(gaps.read_bytes())
+    assert run(s3, "--data-dir", str(tmp_path), "--to", url).output.endswith(
+        "; 6 already uploaded\n"
+    )
+    # A new gap recorded: the log is sent again, verified.
+    with open(gaps, "ab") as f:
+        f.write(orjson.dumps({**line, "first_id": 20, "last_id": 20}) + b"\n")
+    r = run(s3, "--data-dir", str(tmp_path), "--to", url, "--delete-local")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("uploaded 1 files (")
+    assert remote_bytes(s3, f"{s3.bucket}/gaps/{layout.GAPS}") == gaps.read_bytes()
+    assert gaps.read_bytes().count(b"\n") == 2  # kept: it is the store's record, not a copy
 
 
 def test_a_rerun_without_delete_local_keeps_every_file(s3, tmp_path):

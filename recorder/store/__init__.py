@@ -18,6 +18,9 @@ part of the contract.
               verified before they are renamed in
     days      ``merge_day``: a closed day's hour files merged into one day file, verified,
               renamed in, then the hours deleted (readers count each trade once meanwhile)
+    objects   a copy in S3-compatible storage: ``s3://bucket/prefix`` (``parse_target``), the
+              ``AWS_*`` settings and a pyarrow S3 filesystem, shared by ``recorder upload``
+              and the engine's reader (imported from ``recorder.store.objects`` directly)
 
 Names are imported lazily (``from recorder.store import init_store`` loads ``files``), so a
 command's ``--help`` does not pay for Polars and pyarrow.

@@ -22,7 +22,8 @@ import io
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import orjson
 import polars as pl
@@ -45,6 +46,7 @@ __all__ = [
     "last_trade",
     "list_day",
     "parquet_problem",
+    "parse_gaps",
     "read_gaps",
     "read_missing",
     "read_ndjson",
@@ -196,17 +198,24 @@ def list_day(root: Path, symbol: str, day: int, include_active: bool = True) -> 
     return DayFiles(d, d / layout.PARQUET if layout.PARQUET in names else None, hours)
 
 
-def day_file_hours(path: Path) -> list[int]:
+def day_file_hours(path: Path | str, filesystem: Any = None) -> list[int]:
     """The hours (hours since the epoch) a day file holds, from its footer's
-    ``tapewatch.hours``; for a day file without it, those its trade times span."""
+    ``tapewatch.hours``; for a day file without it, those its trade times span.
+    ``filesystem``: a pyarrow filesystem ``path`` is on (an object store), else local."""
     import pyarrow.parquet as pq
 
-    _, day = layout.parse_day_dir(path.parent)
-    meta = pq.read_metadata(path)
+    _, day = layout.parse_day_dir(PurePosixPath(path).parent)
+    meta = pq.read_metadata(path, filesystem=filesystem)
     listed = (meta.metadata or {}).get(DAY_HOURS_KEY)
     if listed is not None:
         return [day * 24 + h for h in orjson.loads(listed)]
-    times = pl.scan_parquet(path).select(
+    if filesystem is None:
+        scan = pl.scan_parquet(path)
+    else:
+        got = pl.from_arrow(pq.read_table(path, columns=["trade_time"], filesystem=filesystem))
+        assert isinstance(got, pl.DataFrame)
+        scan = got.lazy()
+    times = scan.select(
         lo=pl.col("trade_time").min().dt.epoch("ms"), hi=pl.col("trade_time").max().dt.epoch("ms")
     )
     lo, hi = times.collect().row(0)
@@ -370,8 +379,15 @@ def read_gaps(root: Path, symbol: str | None = None) -> list[dict]:
     path = root / layout.GAPS
     if not path.exists():
         return []
+    return parse_gaps(path.read_bytes(), symbol)
+
+
+def parse_gaps(data: bytes, symbol: str | None = None) -> list[dict]:
+    """Gap records in the bytes of a gap log (``gaps/gaps.ndjson``), optionally of one
+    symbol: ``{"symbol":"BTCUSDT","first_id":..,"last_id":..,"after_time":..,
+    "before_time":..,"reason":"REST unavailable","recorded_at":..}`` per line."""
     out = []
-    for line in path.read_bytes().splitlines():
+    for line in data.splitlines():
         try:
             rec = orjson.loads(line)
         except orjson.JSONDecodeError:

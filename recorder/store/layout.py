@@ -40,7 +40,7 @@ import logging
 import re
 import time
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
 
 __all__ = [
     "ACTIVE_NDJSON",
@@ -109,7 +109,7 @@ def day_dir(root: Path, symbol: str, day: int) -> Path:
     return root / _rel(symbol, day * 24).rsplit("/", 1)[0]
 
 
-def _day_index(path: Path) -> tuple[str, int] | None:
+def _day_index(path: PurePath) -> tuple[str, int] | None:
     m = _DAY_RE.search(path.as_posix())
     if not m:
         return None
@@ -120,7 +120,7 @@ def _day_index(path: Path) -> tuple[str, int] | None:
     return m.group(1), calendar.timegm(day.timetuple()) // 86400
 
 
-def parse_day_dir(path: Path) -> tuple[str, int]:
+def parse_day_dir(path: PurePath) -> tuple[str, int]:
     """(symbol, day index) of a date directory; ValueError if it is not one."""
     parsed = _day_index(path)
     if parsed is None:
@@ -147,7 +147,7 @@ def hour_dir(root: Path, symbol: str, hour: int) -> Path:
     return root / _rel(symbol, hour)
 
 
-def _hour_index(path: Path) -> tuple[str, int] | None:
+def _hour_index(path: PurePath) -> tuple[str, int] | None:
     m = _HOUR_RE.search(path.as_posix())
     if not m or int(m.group(3)) > 23:
         return None
@@ -158,7 +158,7 @@ def _hour_index(path: Path) -> tuple[str, int] | None:
     return m.group(1), calendar.timegm(day.timetuple()) // 3600 + int(m.group(3))
 
 
-def parse_hour_dir(path: Path) -> tuple[str, int]:
+def parse_hour_dir(path: PurePath) -> tuple[str, int]:
     """(symbol, hour index) of an hour directory; ValueError if it is not one."""
     parsed = _hour_index(path)
     if parsed is None:
