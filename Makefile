@@ -74,8 +74,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_bench.py --trades 30000000
 	$(BIN)/python bench/chaos.py --minutes 10 --seed 1
 	$(BIN)/python bench/evaluate_bench.py
+	$(BIN)/python bench/dayfiles_bench.py --days 14
 	$(BIN)/python bench/year_bench.py --days 365
 
 .PHONY: bench-year
 bench-year: $(STAMP)
 	$(BIN)/python bench/year_bench.py --days 365
+
+# File counts and bytes before and after day files (`recorder compact --days`), ~1 minute.
+.PHONY: bench-dayfiles
+bench-dayfiles: $(STAMP)
+	$(BIN)/python bench/dayfiles_bench.py --days 14

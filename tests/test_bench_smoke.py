@@ -171,3 +171,19 @@ def test_year_bench_smoke(tmp_path):
     assert re.fullmatch(
         r"steps alone: [\d.]+ s in all, peak RSS [\d,]+ MB \(process tree\)", lines[8]
     )
+
+
+def test_dayfiles_bench_smoke(tmp_path):
+    lines = run_bench(
+        "bench/dayfiles_bench.py", "--days", "2", "--rate", "20000", "--work", str(tmp_path)
+    )
+    assert re.fullmatch(r"store: 2 days x 20,000 trades/day ready in \d+ s", lines[0])
+    assert lines[2].split() == ["Parquet", "files", "48", "2", "24.0x", "fewer"]
+    assert lines[-4].startswith("trades before and after: SAME ")
+    assert lines[-3].startswith("recorder says: merged 2 days into day files (")
+    assert re.match(
+        r"recorder compact --days: [\d.]+ s wall, [\d.]+ s CPU, peak RSS [\d,]+ MB; [\d.]+ s per day",
+        lines[-2],
+    )
+    assert lines[-1].startswith("recorder compact with nothing to do: ")
+    assert lines[-1].endswith(" s CPU over 2 files")
