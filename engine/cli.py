@@ -110,6 +110,24 @@ def _range_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def store_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data-dir``: a local store (a Path) or the ``s3://`` URL of a copy (text)."""
+    return data_dir_option(fn, remote=True)
+
+
+def _local_store_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data-dir`` of a command that reads only a local store: an ``s3://`` URL is kept as
+    text, so that ``_local_only`` refuses it with the reason (not a folder named ``s3:``)."""
+    return data_dir_option(fn, remote=True, help="The store (a local folder).")
+
+
+def _local_only(data_dir: Path | str, why: str) -> Path:
+    """The local store of a command that cannot read a copy in object storage."""
+    if isinstance(data_dir, str):
+        raise InputError(f"--data-dir {data_dir} is a copy in object storage: {why}")
+    return data_dir
+
+
 def _store_options(grid: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The store, symbol, window size (``grid``: a comma-separated list) and range."""
 
@@ -118,7 +136,7 @@ def _store_options(grid: bool) -> Callable[[Callable[..., Any]], Callable[..., A
         fn = _range_options(fn)
         fn = _option("every", many=grid)(fn)
         fn = _option("symbol")(fn)
-        return data_dir_option(fn)
+        return store_option(fn)
 
     return decorate
 
@@ -158,8 +176,10 @@ def settings(kw: dict[str, Any]):
     horizons = kw.get("horizons") or config.SETTING["horizons"].parse(config.HORIZONS)
     if "horizons" in kw:
         _check_horizons(horizons, every_ms)
+    store_url = kw["data_dir"] if isinstance(kw["data_dir"], str) else None
     return Settings(
-        data_dir=kw["data_dir"],
+        data_dir=Path() if store_url else kw["data_dir"],  # a copy's results go here
+        store_url=store_url,
         symbol=kw["symbol"],
         every_ms=every_ms,
         start_ms=kw.get("start"),
@@ -190,7 +210,7 @@ def _check_grid(s: Any, max_windows: int, everies: list[int] | None = None) -> N
     ``config.window_count_problem``); the range defaults to the stored hours."""
     from engine.scan import open_store
 
-    index = open_store(s.data_dir, s.symbol)  # DataError: no store, unknown symbol
+    index = open_store(s.store, s.symbol)  # DataError: no store, unknown symbol
     first = index.first_hour * 3_600_000 if s.start_ms is None else s.start_ms
     end = (index.last_hour + 1) * 3_600_000 if s.end_ms is None else s.end_ms
     explicit = s.start_ms is not None or s.end_ms is not None
@@ -375,7 +395,7 @@ def evaluate(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
     flag's multiplicative effect on future realized variance beyond a walk-forward HAR-RV
     forecast, with a 95 % HAC interval, a one-sided rotation-test p-value, the out-of-sample
     gain, Clark-West and Diebold-Mariano tests. Each row is added to the store's ledger
-    (DATA_DIR/results/ledger.ndjson).
+    (DATA_DIR/results/ledger.ndjson; ./results/ledger.ndjson for an s3:// store).
 
     \b
     Example:
@@ -444,13 +464,16 @@ def verdict(results: Path) -> None:
 
 @main.command(context_settings=CONTEXT)
 @store_options
+@_options("symbols")
 @model_options
 @horizon_options
+@_options("executor", "ray_address")
 @click.option(
     "--results",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Results folder; default DATA_DIR/results/SYMBOL-EVERY.",
+    help="Results folder; default DATA_DIR/results/SYMBOL-EVERY, or ./results/SYMBOL-EVERY "
+    "for an s3:// store (the ledger then goes to ./results/ledger.ndjson).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option(
@@ -464,19 +487,50 @@ def run(
     results: Path | None,
     no_plots: bool,
     with_report: bool,
+    executor: str,
+    ray_address: str | None,
     **kw: Any,
 ) -> None:
     """Windows, scores and horizons in one go, written to a results folder.
 
+    With --symbols, each symbol is one task (here, or on Ray with --executor ray), written
+    to RESULTS/SYMBOL-EVERY, and the verdict is pooled over the symbols: one rotation test
+    for all of them (their shared volatility and shared flag bursts kept intact), written to
+    RESULTS/pooled-EVERY.
+
+    With --data-dir s3://bucket/prefix (a copy `recorder upload` made; AWS_ENDPOINT_URL for an
+    S3-compatible server), the results and the ledger are written under ./results.
+
     \b
     Example:
       engine run --data-dir data --symbol btcusdt --every 20s --horizons 1m,5m,15m,30m
+      engine run --data-dir data --symbols btcusdt,ethusdt,solusdt --every 20s
+      AWS_ENDPOINT_URL=http://127.0.0.1:8333 engine run --data-dir s3://my-bucket/tapewatch
     """
     from engine.pipeline import results_dir_for
     from engine.pipeline import run as run_all
 
+    symbols = _symbol_list(kw)
     s = settings(kw)
     _check_output(output)
+    if symbols:
+        _run_symbols(
+            s,
+            symbols,
+            kw["max_windows"],
+            results,
+            not no_plots or with_report,
+            with_report,
+            executor,
+            ray_address,
+            fmt,
+            output,
+        )
+        return
+    if executor != "local" or ray_address:
+        raise InputError(
+            "--executor and --ray-address spread the symbols of --symbols; one --symbol runs here"
+        )
     _check_grid(s, kw["max_windows"])
     cliutil.check_writable(results or results_dir_for(s), "--results", directory=True)
     cliutil.check_writable(s.data_dir / "results", "the ledger's folder", directory=True)
@@ -499,6 +553,134 @@ def run(
 
         click.echo(f"report: {write_report(out)}", err=True)
     click.echo(f"results in {out}", err=True)
+
+
+def _symbol_list(kw: dict[str, Any]) -> list[str]:
+    """``--symbols`` as symbols (``all``: every symbol in the store), [] without it; an
+    error beside an explicit ``--symbol``, for a symbol named twice, or an unknown one."""
+    given = kw.pop("symbols", None)
+    if not given:
+        return []
+    source = click.get_current_context().get_parameter_source("symbol")
+    if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+        raise InputError("give --symbol or --symbols, not both")
+    from engine.multirun import store_symbols
+    from engine.scan import parse_symbol
+
+    if [g.lower() for g in given] == ["all"]:
+        names = store_symbols(kw["data_dir"])
+        if not names:
+            raise InputError(f"--symbols all: the store at {kw['data_dir']} has no symbols yet")
+        return names
+    names = [parse_symbol(g) for g in given]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice or "ALL" in names:
+        what = f"names {twice[0]} twice" if twice else "mixes all with symbols"
+        raise InputError(f"--symbols {','.join(given)} {what}; give each symbol once, or all")
+    return names
+
+
+def _run_symbols(
+    s: Any,
+    symbols: list[str],
+    max_windows: int,
+    results: Path | None,
+    plots: bool,
+    with_report: bool,
+    executor: str,
+    ray_address: str | None,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """``engine run --symbols``: every symbol's grid checked before any work, then one task
+    per symbol and the pooled verdict."""
+    from dataclasses import replace
+
+    from engine.executors import make
+    from engine.multirun import run_symbols
+
+    for symbol in symbols:
+        _check_grid(replace(s, symbol=symbol), max_windows)
+    root = results or s.data_dir / "results"
+    cliutil.check_writable(root, "--results", directory=True)
+    cliutil.check_writable(s.data_dir / "results", "the ledger's folder", directory=True)
+    with make(executor, ray_address) as tasks, cliutil.progress() as progress:
+        multi = run_symbols(s, symbols, results, progress, plots, tasks)
+    print_multi(multi, fmt, output)
+    if with_report:
+        from engine.report import write_report
+
+        for symbol in multi.symbols:
+            click.echo(f"report: {write_report(root / f'{symbol}-{s.every}')}", err=True)
+    click.echo(f"results in {root} (pooled: {multi.results})", err=True)
+
+
+def print_multi(multi: Any, fmt: str, output: Path | None) -> None:
+    """The pooled verdict first, then each symbol's. JSON: the run (``pooled`` holds the
+    pooled evaluation) with every symbol's rows as ``rows``; CSV and NDJSON: the pooled rows
+    (symbol ``pooled``), then every symbol's."""
+    import polars as pl
+
+    from engine.output import emit_table
+    from engine.verdict import headline
+
+    pooled = multi.pooled.as_dict()
+    if fmt == "table" and output is None:
+        click.echo(
+            f"VERDICT, pooled over {len(multi.symbols)} symbols "
+            f"({', '.join(multi.symbols)}): {headline(pooled)}"
+        )
+        keys = ("horizon", "effect", "effect_ci_low", "effect_ci_high", "p_value", "p_bh")
+        table = [
+            {
+                **{k: r[k] for k in keys},
+                "p_driscoll_kraay": r["p_dk"],
+                "flags": r["flags"],
+                "verdict": r["verdict"],
+            }
+            for r in pooled["rows"]
+            if r["metric"] == pooled["rows"][0]["metric"]
+        ]
+        emit_table(pl.DataFrame(table, infer_schema_length=None), "table")
+        for note in pooled["notes"]:
+            click.echo(f"note: {note}")
+        primary = multi.per_symbol[0]["metric"] if multi.per_symbol else None
+        own = [
+            {
+                k: r[k]
+                for k in (
+                    "symbol",
+                    "horizon",
+                    "effect",
+                    "effect_ci_low",
+                    "effect_ci_high",
+                    "p_value",
+                    "p_bh",
+                    "verdict",
+                )
+            }
+            for r in multi.per_symbol
+            if r["flag"] == "model" and r["metric"] == primary
+        ]
+        family = sum(r["p_value"] is not None for r in multi.per_symbol)
+        click.echo(
+            f"\nPer symbol (the model's flag; p_bh: Benjamini-Hochberg over all "
+            f"{family} per-symbol comparisons):"
+        )
+        emit_table(pl.DataFrame(own, infer_schema_length=None), "table")
+        ledger = pooled.get("ledger_comparisons")
+        if ledger is not None:
+            click.echo(
+                f"({ledger} comparisons on this store so far: the more are run, the "
+                "more will look significant by chance)"
+            )
+        return
+    if fmt == "json" or (output is not None and output.suffix == ".json"):
+        envelope = {k: v for k, v in multi.as_dict().items() if k != "per_symbol"}
+        emit_table(pl.DataFrame(multi.per_symbol, infer_schema_length=None), fmt, output, envelope)
+        return
+    rows = [{"symbol": "pooled", **r} for r in multi.pooled.rows] + multi.per_symbol
+    emit_table(pl.DataFrame(rows, infer_schema_length=None), fmt, output)
 
 
 def _pct(v: float | None) -> str:
@@ -570,38 +752,45 @@ def simulate(
 
 @main.command(context_settings=CONTEXT)
 @_store_options(grid=True)
+@_options("symbols")
 @model_options
 @horizon_options
 @_options("executor", "ray_address")
 @output_options
 @_errors
 def sweep(fmt: str, output: Path | None, executor: str, ray_address: str | None, **kw: Any) -> None:
-    """A grid of window sizes (one scan of the store), one combined table.
+    """A grid of window sizes (one scan of the store per symbol), one combined table.
 
-    Each window size is one task, run here or on Ray (--executor ray): the same table either
-    way. A task that fails is tried again; one that keeps failing is an error naming it.
+    Each (symbol, window size) is one task, run here or on Ray (--executor ray): the same
+    table either way. A task that fails is tried again; one that keeps failing is an error
+    naming it. With --symbols the rows carry their symbol, and p_naive_bh adjusts over the
+    whole grid of symbols, sizes and horizons.
 
     \b
     Example:
       engine sweep --data-dir data --every 10s,20s,30s,60s --horizons 1m,5m
-      engine sweep --data-dir data --every 10s,20s --executor ray --ray-address auto
+      engine sweep --data-dir data --symbols all --every 10s,20s --executor ray --ray-address auto
     """
+    from dataclasses import replace
+
     from engine.executors import make
     from engine.pipeline import sweep as run_sweep
 
+    symbols = _symbol_list(kw)
     everies = [ms for _, ms in kw["every"]]
     s = settings({**kw, "every": everies[0]})
     for e in everies[1:]:
         _check_horizons(s.horizons, e)
     _check_output(output)
-    _check_grid(s, kw["max_windows"], everies)
+    for symbol in symbols or [s.symbol]:
+        _check_grid(replace(s, symbol=symbol), kw["max_windows"], everies)
     with make(executor, ray_address) as tasks, cliutil.progress() as progress:
-        report = run_sweep(s, everies, progress, tasks)
+        report = run_sweep(s, everies, progress, tasks, symbols)
     print_report(report, fmt, output)
 
 
 @main.command(context_settings=CONTEXT)
-@data_dir_option
+@_local_store_option
 @_options("symbol", "every", "max_windows")
 @model_options
 @_options("grace", "poll")
@@ -662,6 +851,11 @@ def watch(
         metrics_addr=metrics_addr,
         results=results,
     )
+    _local_only(
+        kw["data_dir"],
+        "engine watch follows the store the recorder is writing, on local disk; "
+        "give the recorder's --data-dir",
+    )
     s = settings(kw)
     cliutil.check_writable(results or results_path(s), "--results")
     _check_grid(s, kw["max_windows"])
@@ -674,10 +868,10 @@ def watch(
 
 @main.command(context_settings=CONTEXT)
 @click.argument("query", required=False)
-@data_dir_option
+@_local_store_option
 @output_options
 @_errors
-def sql(query: str | None, data_dir: Path, fmt: str, output: Path | None) -> None:
+def sql(query: str | None, data_dir: Path | str, fmt: str, output: Path | None) -> None:
     """Run DuckDB SQL over the views trades, gaps, windows and scores.
 
     With no QUERY, open the DuckDB shell with the views loaded (needs the DuckDB CLI).
@@ -690,6 +884,12 @@ def sql(query: str | None, data_dir: Path, fmt: str, output: Path | None) -> Non
     Example:
       engine sql "SELECT symbol, count(*) FROM trades GROUP BY 1" --data-dir data
     """
+    data_dir = _local_only(
+        data_dir,
+        "engine sql needs a local store (DuckDB reads s3:// only through its httpfs extension, "
+        'which it downloads at run time; see "DuckDB and object storage" in docs/scaling.md); '
+        "query a local copy, or run engine windows, score or run on the s3:// store",
+    )
     cliutil.require_store(data_dir)
     _check_output(output)
     from engine.sqlviews import interactive, query_frame

@@ -238,6 +238,13 @@ SETTINGS: tuple[Setting, ...] = (
     # Which data
     Setting("symbol", SYMBOL, "Symbol, any case.", "symbol"),
     Setting(
+        "symbols",
+        None,
+        "Several symbols instead of --symbol: btcusdt,ethusdt, or all (every symbol in the "
+        "store). One task each; results per symbol and a verdict pooled over them.",
+        "names",
+    ),
+    Setting(
         "every",
         EVERY,
         "Window size: 250ms, 20s, 5m, 1h.",

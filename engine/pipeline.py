@@ -50,6 +50,10 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Settings:
+    """A run's settings. The trades come from ``data_dir``, or from ``store_url`` (a copy in
+    object storage, ``s3://bucket/prefix``), and then ``data_dir`` is only where the results
+    and the ledger go (the current folder, as the CLI sets it)."""
+
     data_dir: Path
     symbol: str
     every_ms: int = parse_duration(config.EVERY)
@@ -60,6 +64,12 @@ class Settings:
     baseline: str = config.BASELINE
     jobs: int = config.JOBS
     reps: int = config.REPS
+    store_url: str | None = None
+
+    @property
+    def store(self) -> Path | str:
+        """Where the trades are read: the store's folder or its ``s3://`` URL."""
+        return self.store_url or self.data_dir
 
     @property
     def every(self) -> str:
@@ -88,7 +98,7 @@ def _quiet(stage: str, done: int, total: int) -> None:
 
 
 def load_windows(s: Settings, progress: Progress = _quiet) -> pl.DataFrame:
-    index = open_store(s.data_dir, s.symbol)
+    index = open_store(s.store, s.symbol)
     return build_windows(
         index, [s.every_ms], s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t)
     )[s.every_ms]
@@ -164,10 +174,15 @@ def results_dir_for(s: Settings) -> Path:
 
 
 def run(
-    s: Settings, results: Path | None = None, progress: Progress = _quiet, plots: bool = True
+    s: Settings,
+    results: Path | None = None,
+    progress: Progress = _quiet,
+    plots: bool = True,
+    pool: dict | None = None,
 ) -> tuple[HorizonTable, Path]:
     """Windows, scores, the horizon table and the evaluation (``report.evaluate``, also
-    ``evaluate.json`` and ``evaluate.csv``), written to a results folder."""
+    ``evaluate.json`` and ``evaluate.csv``), written to a results folder. ``pool``: filled
+    with the evaluation's inputs to a test pooled over symbols (``engine.pooled``)."""
     t0 = time.monotonic()
     out = results or results_dir_for(s)
     windows = load_windows(s, progress)
@@ -175,12 +190,12 @@ def run(
     report = horizon_report(s, scored)
     from engine.evaluate import evaluate_scored
 
-    verdict = evaluate_scored(s, scored)  # the flag against a volatility forecast; in the ledger
+    verdict = evaluate_scored(s, scored, pool=pool)  # the flag against a forecast; in the ledger
     report = replace(report, evaluate=verdict.as_dict())
     from engine.simulate import truth_path
 
     truth = truth_path(s.data_dir, s.symbol)
-    if truth.exists():  # a simulated symbol: score the detector against the ground truth
+    if s.store_url is None and truth.exists():  # simulated: score against the ground truth
         from engine.detection import evaluate
 
         report = replace(report, detection=evaluate(scored, orjson.loads(truth.read_bytes())))
@@ -222,36 +237,54 @@ def score_size(task: SizeTask) -> HorizonTable:
     return horizon_report(task.settings, scored)
 
 
+def _stage(progress: Progress, stage: str) -> Callable[[int, int], None]:
+    return lambda done, total: progress(stage, done, total)
+
+
 def sweep(
     s: Settings,
     everies: Sequence[int],
     progress: Progress = _quiet,
     executor: Executor | None = None,
+    symbols: Sequence[str] = (),
 ) -> HorizonTable:
-    """One scan of the store, windows for every size, then scores and horizons per size, one
-    task per size on ``executor`` (default: in this process)."""
-    index = open_store(s.data_dir, s.symbol)
-    built = build_windows(
-        index, list(everies), s.start_ms, s.end_ms, lambda d, t: progress("scan", d, t)
-    )
-    tasks = [SizeTask(replace(s, every_ms=e), built.pop(e)) for e in everies]
+    """One scan of the store per symbol, windows for every size, then scores and horizons,
+    one task per (symbol, size) on ``executor`` (default: in this process). ``symbols``:
+    several symbols instead of ``s.symbol``; their rows carry ``symbol`` and their flag
+    rates are keyed ``SYMBOL EVERY``. Benjamini-Hochberg runs over the whole grid."""
+    names = list(symbols) or [s.symbol]
+    many = bool(symbols)
+    tasks: list[SizeTask] = []
+    for symbol in names:
+        index = open_store(s.store, symbol)
+        stage = f"scan {symbol.upper()}" if many else "scan"
+        built = build_windows(index, list(everies), s.start_ms, s.end_ms, _stage(progress, stage))
+        tasks += [SizeTask(replace(s, symbol=symbol, every_ms=e), built.pop(e)) for e in everies]
     reports = (executor or LocalExecutor()).map(
-        score_size, tasks, lambda t: t.name, progress, "window sizes"
+        score_size, tasks, lambda t: t.name, progress, "tasks" if many else "window sizes"
     )
     rows: list[dict] = []
     rates = {}
     for task, rep in zip(tasks, reports, strict=True):
         every = task.settings.every
-        rates[every] = float(rep.flag_rate)  # type: ignore[arg-type]
-        rows += [{"every": every, **r} for r in rep.rows]
+        symbol = task.settings.symbol.upper()
+        rates[f"{symbol} {every}" if many else every] = float(rep.flag_rate)  # type: ignore[arg-type]
+        rows += [
+            {"symbol": symbol, "every": every, **r} if many else {"every": every, **r}
+            for r in rep.rows
+        ]
     from scipy.stats import false_discovery_control
 
     ps = [r["p_naive"] for r in rows if r["p_naive"] is not None]
     adj = iter(false_discovery_control(ps, method="bh").tolist() if ps else [])
     for r in rows:  # adjust across the whole grid, not per size
         r["p_naive_bh"] = next(adj) if r["p_naive"] is not None else None
+    parameters = {**s.parameters(), "every": [format_ms(e) for e in everies]}
+    if many:
+        parameters = {"symbols": [n.upper() for n in names], **parameters}
+        del parameters["symbol"]
     return HorizonTable(
-        parameters={**s.parameters(), "every": [format_ms(e) for e in everies]},
+        parameters=parameters,
         flag_rate=rates,
         comparisons=len(ps),
         rows=rows,

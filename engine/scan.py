@@ -17,6 +17,11 @@ files. Exactly the files listed are read, so every trade is in what was read; a 
 directory that vanished before it was opened (or a Parquet file replaced under the reader)
 fails the read, and the chunk is listed and read again. A reader never returns fewer trades
 than the store held when it started.
+
+``open_store`` also takes ``s3://bucket/prefix``, a copy made by ``recorder upload``: it then
+returns a ``RemoteStoreIndex`` (``engine/remote.py``), read-only, whose ``load`` gives the
+frames a local store with the same files gives. Both are a ``TradeIndex``, what the window
+builder reads.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, overload
 
 import polars as pl
 
@@ -31,7 +37,17 @@ from engine.errors import DataError, InputError
 from recorder.store import layout, parse_ndjson, read_gaps
 from recorder.store.files import DayFiles, day_file_hours, list_day
 
-__all__ = ["COLUMNS", "DAY_MS", "EMPTY_TRADES", "StoreIndex", "open_store", "parse_symbol"]
+__all__ = [
+    "COLUMNS",
+    "DAY_MS",
+    "EMPTY_TRADES",
+    "StoreIndex",
+    "TradeIndex",
+    "finish_chunk",
+    "in_span",
+    "open_store",
+    "parse_symbol",
+]
 
 _RELIST = 20  # reads of a chunk that keeps changing under the reader before giving up
 
@@ -46,6 +62,23 @@ EMPTY_TRADES = pl.DataFrame(
         "is_buyer_maker": pl.Boolean,
     }
 )
+
+
+class TradeIndex(Protocol):
+    """One symbol's stored trades as the window builder reads them: a local ``StoreIndex``
+    or a ``RemoteStoreIndex`` (a copy in object storage)."""
+
+    symbol: str
+
+    @property
+    def first_hour(self) -> int: ...
+
+    @property
+    def last_hour(self) -> int: ...
+
+    def recorded_gaps(self) -> list[tuple[int, int]]: ...
+
+    def load(self, start_ms: int, end_ms: int) -> pl.DataFrame: ...
 
 
 class TailCache:
@@ -153,23 +186,7 @@ class StoreIndex:
                 elif pq is not None:
                     parquet.append(pq)
         parts = ([_read_parquet(parquet, start_ms, end_ms, partial)] if parquet else []) + mixed
-        if not parts:
-            return EMPTY_TRADES
-        lo = pl.lit(start_ms * 1000).cast(pl.Datetime("us", "UTC"))
-        hi = pl.lit(end_ms * 1000).cast(pl.Datetime("us", "UTC"))
-        t = pl.concat(parts) if len(parts) > 1 else parts[0]
-        first, last = t.select(
-            first=pl.col("trade_time").min().dt.epoch("ms"),
-            last=pl.col("trade_time").max().dt.epoch("ms"),
-        ).row(0)
-        if first is not None and (first < start_ms or last >= end_ms):  # else: a copy for nothing
-            t = t.filter((pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi))
-        # Compacted hours come sorted by id, and ids grow with time: if both columns are
-        # already in order, sorting by (time, id) would change nothing (and costs a third of
-        # a day's scan), so check instead.
-        if t["trade_time"].is_sorted() and t["trade_id"].is_sorted():
-            return t
-        return t.sort("trade_time", "trade_id")
+        return finish_chunk(parts, start_ms, end_ms)
 
     def _mixed_day(
         self,
@@ -198,6 +215,32 @@ class StoreIndex:
         return pl.concat(frames).unique("trade_id", keep="first") if frames else EMPTY_TRADES
 
 
+def in_span(start_ms: int, end_ms: int) -> pl.Expr:
+    """True for trades with ``start_ms <= trade time < end_ms`` (UTC ms)."""
+    lo, hi = (pl.lit(ms * 1000).cast(pl.Datetime("us", "UTC")) for ms in (start_ms, end_ms))
+    return (pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi)
+
+
+def finish_chunk(parts: list[pl.DataFrame], start_ms: int, end_ms: int) -> pl.DataFrame:
+    """A chunk's trades from the frames read for it (``parts``: unique by id together):
+    those with ``start_ms <= trade time < end_ms``, sorted by time then id."""
+    if not parts:
+        return EMPTY_TRADES
+    t = pl.concat(parts) if len(parts) > 1 else parts[0]
+    first, last = t.select(
+        first=pl.col("trade_time").min().dt.epoch("ms"),
+        last=pl.col("trade_time").max().dt.epoch("ms"),
+    ).row(0)
+    if first is not None and (first < start_ms or last >= end_ms):  # else: a copy for nothing
+        t = t.filter(in_span(start_ms, end_ms))
+    # Compacted hours come sorted by id, and ids grow with time: if both columns are
+    # already in order, sorting by (time, id) would change nothing (and costs a third of
+    # a day's scan), so check instead.
+    if t["trade_time"].is_sorted() and t["trade_id"].is_sorted():
+        return t
+    return t.sort("trade_time", "trade_id")
+
+
 def _read_parquet(
     files: list[Path], start_ms: int = 0, end_ms: int = 0, filtered: bool = False
 ) -> pl.DataFrame:
@@ -208,8 +251,7 @@ def _read_parquet(
     try:
         scan = pl.scan_parquet(files).select(COLUMNS)
         if filtered:
-            lo, hi = (pl.lit(ms * 1000).cast(pl.Datetime("us", "UTC")) for ms in (start_ms, end_ms))
-            scan = scan.filter((pl.col("trade_time") >= lo) & (pl.col("trade_time") < hi))
+            scan = scan.filter(in_span(start_ms, end_ms))
         return scan.collect()
     except Exception:
         for f in files:
@@ -262,8 +304,25 @@ def parse_symbol(text: str) -> str:
     return sym
 
 
-def open_store(root: Path, symbol: str) -> StoreIndex:
-    """The index of ``symbol`` (any case) in the store at ``root``; DataError if absent."""
+@overload
+def open_store(root: Path, symbol: str) -> StoreIndex: ...
+
+
+@overload
+def open_store(root: Path | str, symbol: str) -> TradeIndex: ...
+
+
+def open_store(root: Path | str, symbol: str) -> TradeIndex:
+    """The index of ``symbol`` (any case) in the store at ``root``, a folder or the
+    ``s3://bucket/prefix`` of a copy (``recorder upload``); DataError if absent."""
+    if isinstance(root, str):
+        from recorder.store.objects import is_url
+
+        if is_url(root):
+            from engine.remote import open_remote
+
+            return open_remote(root, symbol)
+        root = Path(root)
     trades = root / layout.TRADES
     sym = parse_symbol(symbol)
     if not trades.is_dir():

@@ -26,6 +26,7 @@ SIZES = [20_000, 30_000]
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("executors")
     write_store(root, "SIMUSDT", tape(T0, 3 * 3600, 2, seed=11))
+    write_store(root, "ETHUSDT", tape(T0, 3 * 3600, 1, seed=12))
     return root
 
 
@@ -63,16 +64,42 @@ def table(report) -> bytes:
 
 @pytest.mark.ray
 def test_ray_sweep_table_equals_the_local_one(ray_runtime, store):
-    local = sweep(*grid(store), "--horizons", "1m,5m", *SMALL)
+    two = ["--data-dir", str(store), "--symbols", "simusdt,ethusdt", "--every", "20s,30s"]
+    local = sweep(*two, "--horizons", "1m,5m", *SMALL)
     assert local.exit_code == 0, local.stderr
-    on_ray = sweep(*grid(store), "--horizons", "1m,5m", *SMALL, "--executor", "ray")
+    on_ray = sweep(*two, "--horizons", "1m,5m", *SMALL, "--executor", "ray")
     assert on_ray.exit_code == 0, on_ray.stderr
     assert on_ray.stdout == local.stdout
     body = orjson.loads(on_ray.stdout)
-    assert sorted({(r["every"], r["horizon"]) for r in body["rows"]}) == [
-        ("20s", "1m"), ("20s", "5m"), ("30s", "1m"), ("30s", "5m")
+    assert sorted({(r["symbol"], r["every"], r["horizon"]) for r in body["rows"]}) == [
+        (sym, every, h) for sym in ("ETHUSDT", "SIMUSDT") for every in ("20s", "30s")
+        for h in ("1m", "5m")
     ]  # fmt: skip
-    assert set(body["flag_rate"]) == {"20s", "30s"}
+    assert set(body["flag_rate"]) == {"SIMUSDT 20s", "SIMUSDT 30s", "ETHUSDT 20s", "ETHUSDT 30s"}
+    one = sweep(*grid(store), "--horizons", "1m,5m", *SMALL, "--executor", "ray")
+    assert one.exit_code == 0 and set(orjson.loads(one.stdout)["flag_rate"]) == {"20s", "30s"}
+
+
+@pytest.mark.ray
+def test_ray_run_over_symbols_equals_the_local_one(ray_runtime, store, tmp_path):
+    def run(where: str) -> dict:
+        r = CliRunner().invoke(
+            main,
+            ["run", "--data-dir", str(store), "--symbols", "all", "--every", "20s",
+             "--horizons", "1m", "--no-plots", "--results", str(tmp_path / where), *SMALL,
+             "--executor", where, "--format", "json"],
+            catch_exceptions=False,
+        )  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+        body = orjson.loads(r.stdout)
+        del body["results"], body["pooled"]["ledger_comparisons"]  # where, and the ledger's count
+        return body
+
+    local, on_ray = run("local"), run("ray")
+    assert on_ray == local and local["symbols"] == ["ETHUSDT", "SIMUSDT"]
+    for where in ("local", "ray"):
+        for sym in ("ETHUSDT", "SIMUSDT"):
+            assert (tmp_path / where / f"{sym}-20s" / "scores.parquet").exists()
 
 
 @pytest.mark.ray
