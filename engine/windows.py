@@ -22,27 +22,49 @@ over day chunks, the live watcher and the SQL build agree, and an empty window i
 changes nothing). Both include the bid-ask bounce of trade prices: realized variance once per
 price change (so in a quiet market it grows with the trade count), the range at most once per
 window (high at the ask, low at the bid).
+
+``build_windows`` makes every window in one pass over the days, in this process. The same
+windows, bit for bit, come from independent tasks of about a day on an executor
+(``build_windows_with``): ``span_tasks`` cuts the range where no window of any size straddles
+two tasks, ``build_span`` builds one task's windows from its trades alone, and ``assemble``
+joins them and adds what crosses task boundaries (the id gaps between tasks, the recorded
+gaps, the trimming to the stored trades)::
+
+    span_tasks ──> [SpanTask, ...] ──executor.map(build_span)──> [SpanWindows, ...] ──assemble
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from engine.errors import DataError
-from engine.scan import EMPTY_TRADES, StoreIndex, chunk_bounds
+from engine.errors import DataError, InputError
+from engine.scan import DAY_MS, EMPTY_TRADES, StoreIndex, TradeIndex, chunk_bounds
+
+if TYPE_CHECKING:
+    from engine.executors import Executor
 
 __all__ = [
     "WINDOW_COLUMNS",
+    "SpanTask",
+    "SpanWindows",
+    "assemble",
+    "build_span",
     "build_windows",
+    "build_windows_with",
     "id_gaps",
     "mark_gaps",
     "roll_up",
+    "span_tasks",
     "window_features",
 ]
 
@@ -242,7 +264,7 @@ def id_gaps(trades: pl.DataFrame, prev: tuple[int, int] | None) -> list[tuple[in
     return list(zip(jumps["prev_ms"].to_list(), jumps["ms"].to_list(), strict=True))
 
 
-def _prefetched(index: StoreIndex, bounds: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
+def _prefetched(index: TradeIndex, bounds: Sequence[tuple[int, int]]) -> Iterator[pl.DataFrame]:
     """``index.load`` of each chunk, the next one read on a thread while the caller works on
     this one: reading (Parquet decoding) and the aggregation overlap, and at most two chunks
     are in memory."""
@@ -258,7 +280,7 @@ def _prefetched(index: StoreIndex, bounds: Sequence[tuple[int, int]]) -> Iterato
 
 
 def build_windows(
-    index: StoreIndex,
+    index: TradeIndex,
     everies: Sequence[int],
     start_ms: int | None = None,
     end_ms: int | None = None,
@@ -341,3 +363,224 @@ def build_windows(
             )
         out[e] = mark_gaps(w, e, gaps)
     return out
+
+
+# Tasks: the same windows built a span at a time, on an executor.
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which windows a build makes over ``[first_ms, end_ms)``, as ``build_windows`` does:
+    ``span`` per size (from the window holding ``first_ms`` to the one holding ``end_ms - 1``),
+    the finest size and the sizes rolled up from it, and ``stop``, where each size built from
+    the trades is built (the finest over every span it is rolled up into)."""
+
+    span: dict[int, tuple[int, int]]
+    fine: int
+    rolled: list[int]
+    direct: list[int]
+    stop: dict[int, tuple[int, int]]
+
+    @property
+    def read(self) -> tuple[int, int]:
+        """The UTC ms whose trades the build reads (and checks for id gaps)."""
+        return min(lo for lo, _ in self.stop.values()), max(hi for _, hi in self.stop.values())
+
+
+def _plan(everies: Sequence[int], first: int, end: int) -> _Plan:
+    span = {e: (first // e * e, -(-end // e) * e) for e in everies}
+    fine = min(everies)
+    rolled = [e for e in dict.fromkeys(everies) if e != fine and e % fine == 0]
+    direct = [e for e in dict.fromkeys(everies) if e not in rolled]
+    stop = {e: span[e] for e in direct}
+    stop[fine] = (
+        min(span[e][0] for e in [fine, *rolled]),
+        max(span[e][1] for e in [fine, *rolled]),
+    )
+    return _Plan(span, fine, rolled, direct, stop)
+
+
+def _range(index: StoreIndex, start_ms: int | None, end_ms: int | None) -> tuple[int, int]:
+    """``[start_ms, end_ms)``, by default the stored hours; DataError when it is empty."""
+    first = index.first_hour * 3_600_000 if start_ms is None else start_ms
+    end = (index.last_hour + 1) * 3_600_000 if end_ms is None else end_ms
+    if end <= first:
+        raise DataError("the time range is empty; --end must be after --start")
+    return first, end
+
+
+def _day(ms: int) -> str:
+    return _dt(ms).date().isoformat()
+
+
+@dataclass(frozen=True)
+class SpanTask:
+    """One task of a window build: the windows of every size in ``everies`` (ms) that start
+    in ``[lo_ms, hi_ms)`` (UTC ms), from the trades of ``symbol`` in the store at ``root``.
+    ``first_ms`` and ``end_ms`` are the whole build's range, which decides each size's grid."""
+
+    root: Path
+    symbol: str
+    everies: tuple[int, ...]
+    first_ms: int
+    end_ms: int
+    lo_ms: int
+    hi_ms: int
+
+    @property
+    def name(self) -> str:
+        """``BTCUSDT 2024-08-08``, or ``BTCUSDT 2024-08-08..2024-08-09``: the UTC dates of the
+        span, less what a boundary moved on past the span's last midnight (to a multiple of
+        every size: less than their least common multiple) adds to it."""
+        lo = _day(self.lo_ms)
+        hi = _day(max(self.lo_ms, self.hi_ms - math.lcm(*self.everies)))
+        return f"{self.symbol} {lo}" if lo == hi else f"{self.symbol} {lo}..{hi}"
+
+
+@dataclass(frozen=True)
+class SpanWindows:
+    """What one ``SpanTask`` gives: the windows of each size that start in its span
+    (``WINDOW_COLUMNS``, ``gap`` not yet set), the first and last stored trade in the span as
+    (trade id, UTC ms), None for a span without trades, and the id gaps (UTC ms) inside it."""
+
+    lo_ms: int
+    hi_ms: int
+    windows: dict[int, pl.DataFrame]
+    first: tuple[int, int] | None
+    last: tuple[int, int] | None
+    gaps: tuple[tuple[int, int], ...]
+
+
+def span_tasks(
+    index: StoreIndex,
+    everies: Sequence[int],
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    days: int = 1,
+) -> list[SpanTask]:
+    """The window build of ``build_windows`` (same arguments) cut into tasks of about
+    ``days`` UTC days, in time order, together covering every trade the build reads.
+
+    No window may straddle two tasks, so a boundary is a multiple of every size: a UTC
+    midnight (every ``days`` days from the first) moved on to the first multiple of the
+    sizes' least common multiple at or after it. When every size divides a day, that is the
+    midnight itself; for 7 s it is at most 7 s later. A least common multiple longer than
+    ``days`` days makes the tasks that long (one task when it exceeds the range), so memory is
+    bounded by the longer of the two."""
+    if days < 1:
+        raise InputError(f"tasks of {days} days: give at least 1")
+    first, end = _range(index, start_ms, end_ms)
+    lo, hi = _plan(everies, first, end).read
+    step = math.lcm(*everies)
+    cuts = range((lo // DAY_MS + days) * DAY_MS, hi, days * DAY_MS)
+    edges = [lo, *sorted({b for c in cuts if (b := -(-c // step) * step) < hi}), hi]
+    return [
+        SpanTask(index.root, index.symbol, tuple(everies), first, end, a, b)
+        for a, b in itertools.pairwise(edges)
+    ]
+
+
+def build_span(task: SpanTask) -> SpanWindows:
+    """The windows of one task, from its trades (read a UTC day at a time, held together):
+    a pure function of the store, so a task can run anywhere and be tried again."""
+    plan = _plan(task.everies, task.first_ms, task.end_ms)
+    # ``load`` lists the files of each day it reads: the task need not carry the whole index.
+    index = StoreIndex(task.root, task.symbol, {})
+    chunks = [index.load(a, b) for a, b in chunk_bounds(task.lo_ms, task.hi_ms)]
+    trades = pl.concat(chunks) if len(chunks) > 1 else chunks[0]
+
+    def within(lo_hi: tuple[int, int]) -> tuple[int, int]:
+        return max(lo_hi[0], task.lo_ms), min(lo_hi[1], task.hi_ms)
+
+    built = {}
+    for e in plan.direct:
+        lo, hi = within(plan.stop[e])
+        if lo < hi:
+            moments = bool(plan.rolled) and e == plan.fine
+            built[e] = window_features(trades, e, lo, hi, moments)
+    windows = {}
+    for e in dict.fromkeys(task.everies):
+        lo, hi = within(plan.span[e])
+        if lo < hi:
+            w = roll_up(built[plan.fine], e, lo, hi) if e in plan.rolled else built[e]
+            windows[e] = w.filter(
+                (pl.col("window_start") >= _ts(lo)) & (pl.col("window_start") < _ts(hi))
+            ).select(WINDOW_COLUMNS)
+    ends = trades.select(
+        pl.col("trade_id").first().alias("first_id"),
+        pl.col("trade_time").first().dt.epoch("ms").alias("first_ms"),
+        pl.col("trade_id").last().alias("last_id"),
+        pl.col("trade_time").last().dt.epoch("ms").alias("last_ms"),
+    ).row(0)
+    return SpanWindows(
+        task.lo_ms,
+        task.hi_ms,
+        windows,
+        first=None if trades.is_empty() else (int(ends[0]), int(ends[1])),
+        last=None if trades.is_empty() else (int(ends[2]), int(ends[3])),
+        gaps=tuple(id_gaps(trades, None)),
+    )
+
+
+def assemble(
+    index: StoreIndex,
+    everies: Sequence[int],
+    start_ms: int | None,
+    end_ms: int | None,
+    parts: Sequence[SpanWindows],
+) -> dict[int, pl.DataFrame]:
+    """``build_windows`` (same arguments) from the results of its ``span_tasks``, in order:
+    the spans' windows one after the other, gaps flagged from the recorded gaps, the id gaps
+    inside each span and those between the last trade of a span and the first of the next
+    span with trades; without a range, trimmed to the first and last trade seen. ValueError
+    when ``parts`` do not cover the build's span one after the other."""
+    first, end = _range(index, start_ms, end_ms)
+    plan = _plan(everies, first, end)
+    edges = [plan.read[0], *(p.hi_ms for p in parts)]
+    if [p.lo_ms for p in parts] != edges[:-1] or edges[-1] != plan.read[1]:
+        raise ValueError("the parts are not the results of this build's span_tasks, in order")
+    gaps: list[tuple[int, int]] = list(index.recorded_gaps())
+    for p in parts:
+        gaps += p.gaps
+    ends = [(p.first, p.last) for p in parts if p.first is not None and p.last is not None]
+    for (_, last), (first_next, _) in itertools.pairwise(ends):
+        if first_next[0] - last[0] > 1:  # ids not consecutive, as ``id_gaps`` judges them
+            gaps.append((last[1], first_next[1]))
+    out = {}
+    for e in everies:
+        w = pl.concat([p.windows[e] for p in parts if e in p.windows])
+        if start_ms is None and end_ms is None and ends:
+            seen_first, seen_last = ends[0][0][1], ends[-1][1][1]
+            w = w.filter(
+                (pl.col("window_start") >= _ts(seen_first // e * e))
+                & (pl.col("window_start") <= _ts(seen_last // e * e))
+            )
+        out[e] = mark_gaps(w, e, gaps)
+    return out
+
+
+def build_windows_with(
+    executor: Executor,
+    index: StoreIndex,
+    everies: Sequence[int],
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    days: int = 1,
+) -> dict[int, pl.DataFrame]:
+    """``build_windows`` as independent tasks of about ``days`` UTC days on ``executor``:
+    each task holds its days' trades, this process only the windows. ``progress(done,
+    total)`` counts finished tasks. The same tables as ``build_windows``, bit for bit."""
+    tasks = span_tasks(index, everies, start_ms, end_ms, days)
+    parts = executor.map(
+        build_span,
+        tasks,
+        lambda t: t.name,
+        (lambda stage, done, total: progress(done, total)) if progress else _no_progress,
+        "windows",
+    )
+    return assemble(index, everies, start_ms, end_ms, parts)
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
