@@ -75,9 +75,12 @@ def _failed(name: str, tries: int, error: BaseException) -> DataError:
 
 
 class Executor:
-    """Runs ``fn`` over items; a context manager that releases its workers at the end."""
+    """Runs ``fn`` over items; a context manager that releases its workers at the end.
+    ``spreads``: tasks run beside this process (a pool, a cluster), so splitting a job into
+    more of them (a day of windows each) can use more cores than one process would."""
 
     tries: int = TRIES
+    spreads: bool = False
 
     def map(
         self,
@@ -116,6 +119,7 @@ class LocalExecutor(Executor):
             raise InputError(f"workers {workers} and tries {tries} must be at least 1")
         self.workers = workers
         self.tries = tries
+        self.spreads = workers > 1
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def map(
@@ -247,6 +251,7 @@ class RayExecutor(Executor):
         self.ray = ray
         self.address = address
         self.tries = tries
+        self.spreads = True
         self.cpus_per_task = cpus_per_task
         self._started = False
 

@@ -27,8 +27,8 @@ from engine.horizons import (
 )
 from engine.model import ModelParams, walk_forward
 from engine.results import HorizonTable
-from engine.scan import open_store
-from engine.windows import build_windows
+from engine.scan import StoreIndex, open_store
+from engine.windows import build_windows, build_windows_with
 
 __all__ = [
     "DEFAULT_HORIZONS",
@@ -249,18 +249,28 @@ def sweep(
     symbols: Sequence[str] = (),
 ) -> HorizonTable:
     """One scan of the store per symbol, windows for every size, then scores and horizons,
-    one task per (symbol, size) on ``executor`` (default: in this process). ``symbols``:
-    several symbols instead of ``s.symbol``; their rows carry ``symbol`` and their flag
-    rates are keyed ``SYMBOL EVERY``. Benjamini-Hochberg runs over the whole grid."""
+    one task per (symbol, size) on ``executor`` (default: in this process). On an executor
+    that spreads work (a pool, Ray), a local store's scan is itself tasks of a day each.
+    ``symbols``: several symbols instead of ``s.symbol``; their rows carry ``symbol`` and
+    their flag rates are keyed ``SYMBOL EVERY``. Benjamini-Hochberg runs over the whole
+    grid."""
     names = list(symbols) or [s.symbol]
     many = bool(symbols)
+    executor = executor or LocalExecutor()
     tasks: list[SizeTask] = []
     for symbol in names:
         index = open_store(s.store, symbol)
         stage = f"scan {symbol.upper()}" if many else "scan"
-        built = build_windows(index, list(everies), s.start_ms, s.end_ms, _stage(progress, stage))
+        if executor.spreads and isinstance(index, StoreIndex):  # a day of windows a task
+            built = build_windows_with(
+                executor, index, list(everies), s.start_ms, s.end_ms, _stage(progress, stage)
+            )
+        else:  # one scan here, the next day read while this one is aggregated
+            built = build_windows(
+                index, list(everies), s.start_ms, s.end_ms, _stage(progress, stage)
+            )
         tasks += [SizeTask(replace(s, symbol=symbol, every_ms=e), built.pop(e)) for e in everies]
-    reports = (executor or LocalExecutor()).map(
+    reports = executor.map(
         score_size, tasks, lambda t: t.name, progress, "tasks" if many else "window sizes"
     )
     rows: list[dict] = []

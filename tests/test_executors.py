@@ -161,10 +161,27 @@ def test_an_engine_error_in_a_task_is_not_retried_and_reads_as_locally(ray_runti
     )
 
 
+class Recording(LocalExecutor):
+    """A process pool that notes which task functions it ran."""
+
+    def __init__(self, workers: int):
+        super().__init__(workers)
+        self.ran: list[str] = []
+
+    def map(self, fn, items, name_of, progress=None, stage="tasks"):
+        self.ran.append(f"{fn.__name__} x{len(items)}")
+        return super().map(fn, items, name_of, progress or (lambda *a: None), stage)
+
+
 def test_a_process_pool_gives_the_in_process_results(store):
+    """A pool spreads the scan too: a day of windows per task, then one task per size."""
     s = settings(store)
-    with LocalExecutor(workers=2) as pool:
+    with Recording(workers=2) as pool:
         assert table(pipeline.sweep(s, SIZES, executor=pool)) == table(pipeline.sweep(s, SIZES))
+    assert pool.ran == ["build_span x1", "score_size x2"]
+    in_process = Recording(workers=1)
+    pipeline.sweep(s, SIZES, executor=in_process)
+    assert in_process.ran == ["score_size x2"]  # the scan runs here, reading ahead
 
 
 def test_executor_ray_without_ray_is_one_line_with_the_install_hint(store, monkeypatch):
