@@ -282,7 +282,10 @@ class RayExecutor(Executor):
         self._connect()
         ray = self.ray
         task = ray.remote(
-            num_cpus=self.cpus_per_task, max_retries=self.tries - 1, retry_exceptions=True
+            num_cpus=self.cpus_per_task,
+            max_retries=self.tries - 1,
+            retry_exceptions=True,
+            runtime_env={"env_vars": _blas_threads()},
         )(_attempt)
         # Ray's driver prints its notices (a task failed and will be retried ...) to stdout,
         # from a thread: while tasks run, they go to stderr, away from the data.
@@ -322,6 +325,20 @@ class RayExecutor(Executor):
         if self._started:
             self.ray.shutdown()
             self._started = False
+
+
+def _blas_threads() -> dict[str, str]:
+    """The thread counts of this process's BLAS, for the workers' environment. Ray sets a
+    worker's ``OMP_NUM_THREADS`` to its task's CPUs (1), and OpenBLAS splits a long dot
+    product between its threads: with another count its sums round differently (about
+    1e-13 relative on the verdict's effects), and the tables would not be the same bits."""
+    import numpy  # noqa: F401  (loaded, so that their BLAS libraries are seen)
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    n = str(max(counts, default=1))
+    return {"OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
 def make(kind: str, ray_address: str | None = None, tries: int = TRIES) -> Executor:

@@ -80,13 +80,25 @@ def test_ray_sweep_table_equals_the_local_one(ray_runtime, store):
     assert one.exit_code == 0 and set(orjson.loads(one.stdout)["flag_rate"]) == {"20s", "30s"}
 
 
+@pytest.fixture(scope="module")
+def long_store(tmp_path_factory) -> Path:
+    """Two symbols over 20 hours: enough for the verdict's 12 h warm-up and then some."""
+    root = tmp_path_factory.mktemp("executors-long")
+    write_store(root, "SIMUSDT", tape(T0, 20 * 3600, 0.5, seed=21))
+    write_store(root, "ETHUSDT", tape(T0, 20 * 3600, 0.3, seed=22))
+    return root
+
+
 @pytest.mark.ray
-def test_ray_run_over_symbols_equals_the_local_one(ray_runtime, store, tmp_path):
+def test_ray_run_over_symbols_equals_the_local_one(ray_runtime, long_store, tmp_path):
+    """Per-symbol verdicts and the pooled one, bit for bit: Ray's workers get this process's
+    BLAS thread count (with one thread, OpenBLAS's dot products round differently)."""
+
     def run(where: str) -> dict:
         r = CliRunner().invoke(
             main,
-            ["run", "--data-dir", str(store), "--symbols", "all", "--every", "20s",
-             "--horizons", "1m", "--no-plots", "--results", str(tmp_path / where), *SMALL,
+            ["run", "--data-dir", str(long_store), "--symbols", "all", "--every", "20s",
+             "--horizons", "1m,5m", "--no-plots", "--results", str(tmp_path / where), *SMALL,
              "--executor", where, "--format", "json"],
             catch_exceptions=False,
         )  # fmt: skip
@@ -96,10 +108,14 @@ def test_ray_run_over_symbols_equals_the_local_one(ray_runtime, store, tmp_path)
         return body
 
     local, on_ray = run("local"), run("ray")
-    assert on_ray == local and local["symbols"] == ["ETHUSDT", "SIMUSDT"]
+    assert local["symbols"] == ["ETHUSDT", "SIMUSDT"]
+    assert all(r["effect"] is not None for r in local["pooled"]["rows"])
+    assert sum(r["p_hac"] is not None for r in local["rows"]) == 32
+    assert on_ray == local
     for where in ("local", "ray"):
         for sym in ("ETHUSDT", "SIMUSDT"):
             assert (tmp_path / where / f"{sym}-20s" / "scores.parquet").exists()
+        assert (tmp_path / where / "pooled-20s" / "evaluate.json").exists()
 
 
 @pytest.mark.ray
