@@ -15,11 +15,13 @@ engine reading the copy flags the same gaps), and for each one not yet uploaded:
        {"to":"s3://bucket/prefix","key":"trades/symbol=BTCUSDT/date=2024-08-08/hour=23/trades.parquet",
         "size":81234,"mtime_ns":1723161600123456789,"sha256":"9f86d0...","uploaded_ms":1723165200000}
 
-A file whose (destination, key) has a ledger line with its current size and mtime is skipped,
-so a rerun copies nothing and an interrupted run copies only what it had not recorded (a
-partial object left by the interruption is overwritten). A file changed since its upload is
-sent again. The last line of a (destination, key) wins; a torn last line (a crash mid-append)
-is ignored.
+A file whose (destination, key) has a ledger line with its current size and mtime, and whose
+object is there with that size (one listing of the destination per run), is skipped, so a
+rerun copies nothing and an interrupted run copies only what it had not recorded (a partial
+object left by the interruption is overwritten). A file changed since its upload is sent
+again, and so is one whose object is gone or different: the same ``s3://bucket/prefix`` on
+another server (the ledger does not know endpoints), or a bucket emptied since. The last
+line of a (destination, key) wins; a torn last line (a crash mid-append) is ignored.
 
 With ``delete_local``, a file is deleted only when its ledger line matches it (size and mtime),
 the object still has that size, and it is not its symbol's newest closed file: the recorder
@@ -194,6 +196,17 @@ def _remote_sha256(s3: Any, remote: str) -> tuple[int, str]:
 # ---- the run -------------------------------------------------------------------------
 
 
+def _listed(s3: Any, target: Target, settings: S3Settings) -> dict[str, int]:
+    """The size of every object under the destination, by key (one listing)."""
+    from pyarrow import fs
+
+    base = target.path("")
+    with s3_errors(settings, f"cannot list {target.url}", _RETRY):
+        infos = s3.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+    cut = len(base) + 1
+    return {i.path[cut:]: i.size for i in infos if i.type == fs.FileType.File}
+
+
 def upload_store(
     root: Path,
     target: Target,
@@ -211,6 +224,7 @@ def upload_store(
     if not bucket_exists(s3, target, settings):
         raise UploadError(f"bucket {target.bucket!r} does not exist; create it first")
     ledger = read_ledger(root)
+    there = _listed(s3, target, settings)
     files = closed_files(root)
     gaps = [root / layout.GAPS] if (root / layout.GAPS).is_file() else []
     todo: list[tuple[Path, str, int]] = []
@@ -221,7 +235,7 @@ def upload_store(
             st = path.stat()
         except FileNotFoundError:
             continue  # merged into a day file meanwhile: the day file is listed too
-        if _recorded(ledger.get((target.url, key)), st):
+        if _recorded(ledger.get((target.url, key)), st) and there.get(key) == st.st_size:
             skipped += 1
         else:
             todo.append((path, key, st.st_size))

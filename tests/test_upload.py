@@ -118,6 +118,26 @@ def test_upload_copies_every_closed_file_and_a_rerun_copies_nothing(s3, tmp_path
     assert other.output.startswith("uploaded 5 files (")
 
 
+def test_an_object_gone_from_the_destination_is_sent_again(s3, tmp_path):
+    """The ledger names s3://bucket/prefix, not the server: the same URL on a fresh server
+    (or a bucket emptied since) must not pass for uploaded. Each run lists the destination
+    once, and a recorded file whose object is missing, or of another size, goes again."""
+    keys = small_store(tmp_path)
+    url = f"s3://{s3.bucket}/gone"
+    assert run(s3, "--data-dir", str(tmp_path), "--to", url).exit_code == 0
+    fsys = s3.filesystem()
+    fsys.delete_file(f"{s3.bucket}/gone/{keys[0]}")
+    with fsys.open_output_stream(f"{s3.bucket}/gone/{keys[2]}") as f:
+        f.write(b"not the file")
+    again = run(s3, "--data-dir", str(tmp_path), "--to", url)
+    assert again.exit_code == 0, again.output
+    assert again.output.startswith("uploaded 2 files (") and again.output.endswith(
+        "; 3 already uploaded\n"
+    )
+    for key in (keys[0], keys[2]):
+        assert remote_bytes(s3, f"{s3.bucket}/gone/{key}") == (tmp_path / key).read_bytes()
+
+
 def test_an_interrupted_upload_resumes_and_overwrites_a_partial_object(s3, tmp_path):
     keys = small_store(tmp_path)
     target = parse_target(f"s3://{s3.bucket}/interrupted", "--to")
@@ -182,23 +202,24 @@ def test_delete_local_deletes_only_verified_copies(s3, tmp_path):
     keys = small_store(tmp_path)
     url = f"s3://{s3.bucket}/deleting"
     assert run(s3, "--data-dir", str(tmp_path), "--to", url).exit_code == 0
-    # Gone from the bucket behind our back: its ledger line no longer proves a copy.
+    # Gone from the bucket behind our back: its ledger line no longer proves a copy, so it
+    # is copied again (then deletable).
     s3.filesystem().delete_file(f"{s3.bucket}/deleting/{keys[3]}")
     # Changed since its upload: copied again (then deletable).
     pl.read_parquet(tmp_path / keys[0]).head(5).write_parquet(tmp_path / keys[0])
 
     r = run(s3, "--data-dir", str(tmp_path), "--to", url, "--delete-local")
     assert r.exit_code == 0, r.output
-    assert r.output.startswith("uploaded 1 files (")
-    assert r.output.endswith("; 4 already uploaded; deleted 2 local files\n")
-    # Deleted: BTCUSDT's day file and hour 00. Kept: each symbol's newest file (the recorder
-    # resumes from it), the file whose copy vanished, and the open hour.
+    assert r.output.startswith("uploaded 2 files (")
+    assert r.output.endswith("; 3 already uploaded; deleted 3 local files\n")
+    # Deleted: BTCUSDT's day file and hour 00, ETHUSDT's hour 00 (copied again). Kept: each
+    # symbol's newest file (the recorder resumes from it) and the open hour.
     left = [k for k in keys if (tmp_path / k).exists()]
-    assert left == [keys[2], keys[3], keys[4]]
+    assert left == [keys[2], keys[4]]
     assert (
         layout.hour_dir(tmp_path, "BTCUSDT", T0 // layout.HOUR_MS + 2) / layout.ACTIVE_NDJSON
     ).exists()
-    for key in keys[:2]:
+    for key in (keys[0], keys[1], keys[3]):
         assert remote_bytes(s3, f"{s3.bucket}/deleting/{key}") is not None
 
 
