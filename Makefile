@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/chaos.py --minutes 10 --seed 1
 	$(BIN)/python bench/evaluate_bench.py
 	$(BIN)/python bench/dayfiles_bench.py --days 14
+	$(BIN)/python bench/scaleout_bench.py --days 7 --rate 2000000
 	$(BIN)/python bench/year_bench.py --days 365
 
 .PHONY: bench-year
