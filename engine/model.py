@@ -22,9 +22,14 @@ __all__ = [
     "DEFAULT_FEATURES",
     "Fitted",
     "ModelParams",
+    "RefitBatch",
+    "WalkForward",
     "fit",
     "fit_score",
+    "plan_walk_forward",
+    "run_batch",
     "scoreable",
+    "scored_windows",
     "walk_forward",
 ]
 
@@ -197,16 +202,39 @@ def refit_plan(n: int, p: ModelParams) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def walk_forward(
-    windows: pl.DataFrame,
-    p: ModelParams,
-    jobs: int = 2,
-    progress: Callable[[int, int], None] | None = None,
-) -> pl.DataFrame:
-    """``windows`` plus ``score``, ``prediction`` (-1 anomalous, 1 normal) and ``refit``
-    (the refit that scored it); null where a window was not scored. ``jobs`` refits run at
-    once: in threads for ``isotree`` (its C++ releases the GIL: no worker start-up, no second
-    import, nothing copied between processes), in processes for ``sklearn`` (Python-bound)."""
+@dataclass(frozen=True)
+class RefitBatch:
+    """Consecutive refits of one series with only the rows they read (``x`` starts at
+    scoreable window ``offset``): a task an executor can ship anywhere. ``name`` names the
+    series and the refits, for an error."""
+
+    x: np.ndarray
+    offset: int
+    refits: tuple[tuple[int, int, int, int], ...]
+    params: ModelParams
+    name: str = ""
+
+
+def run_batch(batch: RefitBatch) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """A batch's refits: (refit, first scored window, decision, prediction) each (module
+    level and pure, so a pool or Ray can run it, twice if need be)."""
+    return _batch(batch.x, batch.offset, batch.refits, batch.params)
+
+
+@dataclass(frozen=True)
+class WalkForward:
+    """A series' walk-forward cut into refit batches: its scoreable rows and the batches."""
+
+    ok: pl.Series
+    n: int
+    batches: list[RefitBatch]
+
+
+def plan_walk_forward(
+    windows: pl.DataFrame, p: ModelParams, size: int, name: str = ""
+) -> WalkForward:
+    """The refits of ``windows`` in batches of ``size``, each with the rows it reads;
+    InputError when there are no more scoreable windows than the buffer."""
     ok = windows.select(scoreable()).to_series()
     x = windows.select(pl.col(p.features).filter(ok)).to_numpy().astype(np.float64)
     n = len(x)
@@ -216,34 +244,33 @@ def walk_forward(
             "more; give a longer time range or a smaller --buffer"
         )
     plan = refit_plan(n, p)
-    score = np.full(n, np.nan)
-    pred = np.zeros(n, dtype=np.int8)
-    refit = np.full(n, -1, dtype=np.int64)
-    # Small batches keep both workers busy to the end (a batch is ~0.2 s of isotree refits).
-    size = max(1, min(50, len(plan) // (jobs * 4)))
-    batches = [plan[i : i + size] for i in range(0, len(plan), size)]
-    # Each batch gets only the rows its refits read, not the whole matrix.
-    calls = [(x[b[0][1] : b[-1][3]], b[0][1], b, p) for b in batches]
-    if jobs > 1 and len(batches) > 1:
-        from joblib import Parallel, delayed
-
-        prefer = "threads" if p.backend == "isotree" else "processes"
-        results = Parallel(n_jobs=jobs, prefer=prefer, return_as="generator")(
-            delayed(_batch)(*c) for c in calls
+    batches = [
+        RefitBatch(
+            x[b[0][1] : b[-1][3]],  # only the rows its refits read, not the whole matrix
+            b[0][1],
+            tuple(b),
+            p,
+            f"{name} refits {b[0][0]}-{b[-1][0]}".strip(),
         )
-    else:
-        results = (_batch(*c) for c in calls)
-    done = 0
+        for b in (plan[i : i + size] for i in range(0, len(plan), size))
+    ]
+    return WalkForward(ok, n, batches)
+
+
+def scored_windows(
+    windows: pl.DataFrame, wf: WalkForward, results: Sequence[list[tuple[int, int, Any, Any]]]
+) -> pl.DataFrame:
+    """``windows`` with ``score``, ``prediction`` and ``refit`` from the batches' results."""
+    score = np.full(wf.n, np.nan)
+    pred = np.zeros(wf.n, dtype=np.int8)
+    refit = np.full(wf.n, -1, dtype=np.int64)
     for res in results:
         for k, s0, d, pr in res:
             score[s0 : s0 + len(d)] = d
             pred[s0 : s0 + len(d)] = pr
             refit[s0 : s0 + len(d)] = k
-        done += len(res)
-        if progress:
-            progress(done, len(plan))
     # Back onto every window by position (cheaper than a join on a row index).
-    rows = np.flatnonzero(ok.to_numpy())
+    rows = np.flatnonzero(wf.ok.to_numpy())
 
     def spread(col: np.ndarray, fill: float) -> np.ndarray:
         out = np.full(windows.height, fill, dtype=col.dtype)
@@ -256,3 +283,38 @@ def walk_forward(
         prediction=pl.when(hit).then(pl.Series(spread(pred, 0), dtype=pl.Int8)),
         refit=pl.when(hit).then(pl.Series(spread(refit, -1), dtype=pl.Int64)),
     )
+
+
+def walk_forward(
+    windows: pl.DataFrame,
+    p: ModelParams,
+    jobs: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> pl.DataFrame:
+    """``windows`` plus ``score``, ``prediction`` (-1 anomalous, 1 normal) and ``refit``
+    (the refit that scored it); null where a window was not scored. ``jobs`` refits run at
+    once: in threads for ``isotree`` (its C++ releases the GIL: no worker start-up, no second
+    import, nothing copied between processes), in processes for ``sklearn`` (Python-bound).
+    Each refit is independent, so how they are batched never changes a score."""
+    ok = windows.select(scoreable()).to_series()
+    n_refits = max(0, -(-(int(ok.sum()) - p.buffer) // p.retrain_every))
+    # Small batches keep both workers busy to the end (a batch is ~0.2 s of isotree refits).
+    wf = plan_walk_forward(windows, p, max(1, min(50, n_refits // (jobs * 4))))
+    calls = [(b.x, b.offset, b.refits, p) for b in wf.batches]
+    if jobs > 1 and len(calls) > 1:
+        from joblib import Parallel, delayed
+
+        prefer = "threads" if p.backend == "isotree" else "processes"
+        results = Parallel(n_jobs=jobs, prefer=prefer, return_as="generator")(
+            delayed(_batch)(*c) for c in calls
+        )
+    else:
+        results = (_batch(*c) for c in calls)
+    got = []
+    done = 0
+    for res in results:
+        got.append(res)
+        done += len(res)
+        if progress:
+            progress(done, n_refits)
+    return scored_windows(windows, wf, got)

@@ -237,6 +237,30 @@ def score_size(task: SizeTask) -> HorizonTable:
     return horizon_report(task.settings, scored)
 
 
+def report_size(task: SizeTask) -> HorizonTable:
+    """A sweep's task on an executor that spreads work: the horizon table of one window
+    size's windows, already scored (``task.windows``)."""
+    return horizon_report(task.settings, task.windows)
+
+
+REFITS_PER_TASK = 500  # isotree: ~2 CPU-s a task, against Ray's ~1 ms a task
+
+
+def _scored_by_batches(tasks: Sequence[SizeTask], executor: Executor, progress: Progress):
+    """Every task's windows scored, the walk-forward refits of all of them shipped as
+    batches of ``REFITS_PER_TASK`` (each refit is independent: the same scores as
+    ``score_windows``). The scored tasks, in order."""
+    from engine.model import plan_walk_forward, run_batch, scored_windows
+
+    plans = [plan_walk_forward(t.windows, t.settings.model, REFITS_PER_TASK, t.name) for t in tasks]
+    flat = [b for wf in plans for b in wf.batches]
+    results = iter(executor.map(run_batch, flat, lambda b: b.name, progress, "refit batches"))
+    return [
+        replace(t, windows=scored_windows(t.windows, wf, [next(results) for _ in wf.batches]))
+        for t, wf in zip(tasks, plans, strict=True)
+    ]
+
+
 def _stage(progress: Progress, stage: str) -> Callable[[int, int], None]:
     return lambda done, total: progress(stage, done, total)
 
@@ -250,7 +274,9 @@ def sweep(
 ) -> HorizonTable:
     """One scan of the store per symbol, windows for every size, then scores and horizons,
     one task per (symbol, size) on ``executor`` (default: in this process). On an executor
-    that spreads work (a pool, Ray), a local store's scan is itself tasks of a day each.
+    that spreads work (a pool, Ray), the tasks are smaller: a local store's scan is a task a
+    day, the walk-forward batches of ``REFITS_PER_TASK`` refits, then a horizon table per
+    (symbol, size); the results are the same.
     ``symbols``: several symbols instead of ``s.symbol``; their rows carry ``symbol`` and
     their flag rates are keyed ``SYMBOL EVERY``. Benjamini-Hochberg runs over the whole
     grid."""
@@ -270,9 +296,13 @@ def sweep(
                 index, list(everies), s.start_ms, s.end_ms, _stage(progress, stage)
             )
         tasks += [SizeTask(replace(s, symbol=symbol, every_ms=e), built.pop(e)) for e in everies]
-    reports = executor.map(
-        score_size, tasks, lambda t: t.name, progress, "tasks" if many else "window sizes"
-    )
+    if executor.spreads:  # refits in batches, then one horizon table per (symbol, size)
+        scored = _scored_by_batches(tasks, executor, progress)
+        reports = executor.map(report_size, scored, lambda t: t.name, progress, "horizons")
+    else:
+        reports = executor.map(
+            score_size, tasks, lambda t: t.name, progress, "tasks" if many else "window sizes"
+        )
     rows: list[dict] = []
     rates = {}
     for task, rep in zip(tasks, reports, strict=True):

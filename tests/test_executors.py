@@ -15,7 +15,7 @@ from engine import pipeline
 from engine.cli import main
 from engine.executors import LocalExecutor, RayExecutor
 from engine.model import ModelParams
-from engine.pipeline import Settings, SizeTask, score_size
+from engine.pipeline import Settings, SizeTask, report_size, score_size
 
 T0 = 1_723_075_200_000
 SMALL = ["--buffer", "100", "--retrain-every", "50", "--trees", "20", "--reps", "50", "--jobs", "1"]
@@ -130,9 +130,12 @@ def test_a_task_that_fails_once_is_retried(where, ray_runtime, store, tmp_path, 
         if task.settings.every_ms == 30_000 and flag.exists():
             flag.unlink()  # the first try removes it: the retry succeeds
             raise RuntimeError("worker lost")
-        return score_size(task)
+        return (report_size if "score" in task.windows.columns else score_size)(task)
 
+    # In this process a size is one task (score_size); on Ray its refits go in batches and
+    # its horizon table is the size's task (report_size).
     monkeypatch.setattr(pipeline, "score_size", flaky)
+    monkeypatch.setattr(pipeline, "report_size", flaky)
     executor = LocalExecutor() if where == "local" else RayExecutor()
     with executor:
         got = table(pipeline.sweep(s, SIZES, executor=executor))
@@ -149,9 +152,10 @@ def test_a_task_that_keeps_failing_is_named(where, ray_runtime, store, tmp_path,
         if task.settings.every_ms == 30_000:
             (tries / str(len(list(tries.iterdir())))).touch()
             raise RuntimeError("disk on fire")
-        return score_size(task)
+        return (report_size if "score" in task.windows.columns else score_size)(task)
 
     monkeypatch.setattr(pipeline, "score_size", broken)
+    monkeypatch.setattr(pipeline, "report_size", broken)
     r = CliRunner().invoke(main, ["sweep", *grid(store), *SMALL, "--executor", where])
     assert (r.exit_code, r.stdout) == (1, ""), r.output
     error = (
@@ -189,12 +193,14 @@ class Recording(LocalExecutor):
         return super().map(fn, items, name_of, progress or (lambda *a: None), stage)
 
 
-def test_a_process_pool_gives_the_in_process_results(store):
-    """A pool spreads the scan too: a day of windows per task, then one task per size."""
+def test_a_process_pool_gives_the_in_process_results(store, monkeypatch):
+    """A pool gets smaller tasks: a day of windows each, batches of refits, then a horizon
+    table per size; the same table as one task per size in this process."""
+    monkeypatch.setattr(pipeline, "REFITS_PER_TASK", 2)  # 20s: 9 refits, 30s: 6
     s = settings(store)
     with Recording(workers=2) as pool:
         assert table(pipeline.sweep(s, SIZES, executor=pool)) == table(pipeline.sweep(s, SIZES))
-    assert pool.ran == ["build_span x1", "score_size x2"]
+    assert pool.ran == ["build_span x1", "run_batch x8", "report_size x2"]  # 5 + 3 batches
     in_process = Recording(workers=1)
     pipeline.sweep(s, SIZES, executor=in_process)
     assert in_process.ran == ["score_size x2"]  # the scan runs here, reading ahead
