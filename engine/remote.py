@@ -31,7 +31,7 @@ from typing import Any
 import polars as pl
 
 from engine.errors import DataError
-from engine.scan import COLUMNS, DAY_MS, finish_chunk, in_span, parse_symbol
+from engine.scan import COLUMNS, DAY_MS, HeldHours, finish_chunk, in_span, parse_symbol
 from recorder.store import layout
 from recorder.store.files import day_file_hours, parse_gaps
 from recorder.store.objects import (
@@ -50,7 +50,7 @@ _WHERE = "pass --data-dir where `recorder upload --to` copied the store"
 
 
 @dataclass
-class RemoteStoreIndex:
+class RemoteStoreIndex(HeldHours):
     """Where one symbol's trades are in a copy: object paths (``bucket/prefix/trades/...``) of
     its hour files by hour index and of its day files by day index, as listed when opened."""
 
@@ -61,29 +61,14 @@ class RemoteStoreIndex:
     s3: Any  # pyarrow.fs.S3FileSystem
     settings: S3Settings
 
-    def _held(self, last: bool) -> int:
-        """The first (or ``last``) hour stored, in an hour file or a day file."""
-        pick = max if last else min
-        candidates = [pick(self.hours)] if self.hours else []
-        if self.days:
-            path = self.days[pick(self.days)]
-            with s3_errors(self.settings, f"cannot read s3://{path}"):
-                try:
-                    held = day_file_hours(path, self.s3)
-                except OSError:
-                    raise
-                except Exception as e:  # pyarrow's ArrowInvalid: not Parquet
-                    raise _unreadable(path, e) from None
-            candidates += [pick(held)] if held else []
-        return pick(candidates)
-
-    @property
-    def first_hour(self) -> int:
-        return self._held(last=False)
-
-    @property
-    def last_hour(self) -> int:
-        return self._held(last=True)
+    def _day_file_hours(self, path: str) -> list[int]:
+        with s3_errors(self.settings, f"cannot read s3://{path}"):
+            try:
+                return day_file_hours(path, self.s3)
+            except OSError:
+                raise
+            except Exception as e:  # pyarrow's ArrowInvalid: not Parquet
+                raise _unreadable(path, e) from None
 
     def recorded_gaps(self) -> list[tuple[int, int]]:
         """(after_time, before_time) in UTC ms of ids the recorder could not fetch, from the

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, overload
+from typing import Any, Protocol, overload
 
 import polars as pl
 
@@ -41,6 +41,7 @@ __all__ = [
     "COLUMNS",
     "DAY_MS",
     "EMPTY_TRADES",
+    "HeldHours",
     "StoreIndex",
     "TradeIndex",
     "finish_chunk",
@@ -119,23 +120,23 @@ class TailCache:
             del self._files[p]
 
 
-@dataclass
-class StoreIndex:
-    """Where one symbol's trades are: its hour directories by hour index (hours since the
-    epoch), and its day files by day index (days since the epoch), as listed when opened."""
+class HeldHours:
+    """``first_hour`` and ``last_hour`` of an index of hour files (``hours``, by hour index)
+    and day files (``days``, by day index), wherever they are: ``_day_file_hours`` reads
+    which hours a day file holds."""
 
-    root: Path
-    symbol: str
-    hours: dict[int, Path]
-    tail: TailCache | None = None
-    days: dict[int, Path] = field(default_factory=dict)
+    hours: dict[int, Any]
+    days: dict[int, Any]
+
+    def _day_file_hours(self, path: Any) -> list[int]:
+        raise NotImplementedError
 
     def _held(self, last: bool) -> int:
         """The first (or ``last``) hour stored, in an hour file or a day file."""
         pick = max if last else min
         candidates = [pick(self.hours)] if self.hours else []
         if self.days:
-            held = day_file_hours(self.days[pick(self.days)])
+            held = self._day_file_hours(self.days[pick(self.days)])
             candidates += [pick(held)] if held else []
         return pick(candidates)
 
@@ -146,6 +147,21 @@ class StoreIndex:
     @property
     def last_hour(self) -> int:
         return self._held(last=True)
+
+
+@dataclass
+class StoreIndex(HeldHours):
+    """Where one symbol's trades are: its hour directories by hour index (hours since the
+    epoch), and its day files by day index (days since the epoch), as listed when opened."""
+
+    root: Path
+    symbol: str
+    hours: dict[int, Path]
+    tail: TailCache | None = None
+    days: dict[int, Path] = field(default_factory=dict)
+
+    def _day_file_hours(self, path: Path) -> list[int]:
+        return day_file_hours(path)
 
     def recorded_gaps(self) -> list[tuple[int, int]]:
         """(after_time, before_time) in UTC ms of ids the recorder could not fetch."""
