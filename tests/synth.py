@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,50 @@ def write_store(root: Path, symbol: str, trades: pl.DataFrame) -> None:
         d = layout.hour_dir(root, symbol, int(hour))
         d.mkdir(parents=True, exist_ok=True)
         part.drop("_h").sort("trade_id").write_parquet(d / layout.PARQUET)
+
+
+def window_frame(
+    rng: np.random.Generator,
+    t: np.ndarray,
+    h: np.ndarray,
+    season: np.ndarray,
+    flags: str,
+    f: np.ndarray,
+    returns: Callable[[np.random.Generator, np.ndarray], np.ndarray],
+    rate: float = 0.05,
+    boost: float = 1.0,
+    boost_windows: int = 15,
+) -> pl.DataFrame:
+    """Windows (no trades) at UTC ms ``t`` with latent log-variance ``h`` plus ``season``: the
+    window log returns are ``returns(rng, variance)``, trade counts follow exp(h / 2), the
+    price sd measures the volatility with a little noise. ``flags``: ``planted`` (independent
+    Bernoulli(rate) flags, each multiplying the variance of the next ``boost_windows`` windows
+    by ``boost``, compounding when they overlap), ``volatility`` (the window's own price sd
+    above its 1 - rate quantile), anything else: the flags ``f`` as given."""
+    n = len(t)
+    var = (8e-5**2 * 20) * np.exp(h + season)
+    if flags == "planted":
+        f = rng.random(n) < rate
+        c = np.concatenate([[0], np.cumsum(f)])
+        i = np.arange(n)
+        var = var * boost ** (c[i] - c[np.maximum(i - boost_windows, 0)])  # flags in i-15..i-1
+    r = returns(rng, var)
+    tc = rng.poisson(300 * np.exp(0.5 * (h + season)))
+    close = 60_000 * np.exp(np.cumsum(r))
+    m = np.maximum(tc - 1, 1)
+    volatility = 0.5 * close * np.sqrt(var * rng.chisquare(m) / m)
+    if flags == "volatility":
+        rel = volatility / close
+        f = rel > np.quantile(rel, 1 - rate)
+    return pl.DataFrame(
+        {
+            "window_start": pl.Series(t * 1000).cast(pl.Datetime("us", "UTC")),
+            "trade_count": tc.astype(np.int64),
+            "volume": tc * rng.lognormal(-6, 0.5, n),
+            "close": close,
+            "return": np.expm1(r),
+            "volatility": volatility,
+            "gap": np.zeros(n, dtype=bool),
+            "prediction": pl.Series(np.where(f, -1, 1), dtype=pl.Int8),
+        }
+    )

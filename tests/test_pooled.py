@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from scipy.signal import lfilter
 from scipy.stats import norm
+from synth import window_frame
 
 from engine.econometrics import fft_length, rotation_p, rotation_stats
 from engine.evaluate import METRICS, PoolInput, evaluate
@@ -70,36 +71,13 @@ def market(
     out = {}
     for sym in symbols:
         h = 0.8 * common_h + 0.6 * _ar1(rng, n)
-        var = (8e-5**2 * 20) * np.exp(h + season)
-        f = np.zeros(n, dtype=bool)
-        if flags == "bursts":
-            f = common_flags | _runs(rng, n, rate / 10)
-        elif flags == "planted":
-            f = rng.random(n) < rate
-            c = np.concatenate([[0], np.cumsum(f)])
-            i = np.arange(n)
-            var = var * boost ** (c[i] - c[np.maximum(i - 15, 0)])  # flags in i-15 .. i-1
-        shock = np.sqrt(0.5) * common_shock + np.sqrt(0.5) * rng.standard_t(6, n) / np.sqrt(1.5)
-        r = np.sqrt(var) * shock
-        tc = rng.poisson(300 * np.exp(0.5 * (h + season)))
-        close = 60_000 * np.exp(np.cumsum(r))
-        m = np.maximum(tc - 1, 1)
-        volatility = 0.5 * close * np.sqrt(var * rng.chisquare(m) / m)
-        if flags == "volatility":
-            rel = volatility / close
-            f = rel > np.quantile(rel, 1 - rate)
-        w = pl.DataFrame(
-            {
-                "window_start": pl.Series(t * 1000).cast(pl.Datetime("us", "UTC")),
-                "trade_count": tc.astype(np.int64),
-                "volume": tc * rng.lognormal(-6, 0.5, n),
-                "close": close,
-                "return": np.expm1(r),
-                "volatility": volatility,
-                "gap": np.zeros(n, dtype=bool),
-                "prediction": pl.Series(np.where(f, -1, 1), dtype=pl.Int8),
-            }
-        )
+        f = common_flags | _runs(rng, n, rate / 10) if flags == "bursts" else np.zeros(n, bool)
+
+        def returns(rng: np.random.Generator, var: np.ndarray) -> np.ndarray:
+            own = rng.standard_t(6, len(var)) / np.sqrt(1.5)
+            return np.sqrt(var) * (np.sqrt(0.5) * common_shock + np.sqrt(0.5) * own)
+
+        w = window_frame(rng, t, h, season, flags, f, returns, rate, boost)
         out[sym] = w.slice((offset or {}).get(sym, 0))
     return out
 
