@@ -32,7 +32,7 @@ from engine.executors import Executor, LocalExecutor
 from engine.har import EvalParams
 from engine.horizons import horizons_for
 from engine.pipeline import Progress, Settings, run
-from engine.pooled import pooled_rows
+from engine.pooled import pooled_rows, pooling_notes
 from engine.results import HorizonTable
 from recorder.store import layout
 
@@ -149,14 +149,15 @@ def run_symbols(
     labels = [h.label for h in horizons_for(s.horizons, s.every_ms)]
     parameters = {"symbols": names, **s.parameters()}
     del parameters["symbol"]
-    rows = pooled_rows({r.symbol: r.pool for r in runs}, labels, s.every_ms, p)
+    inputs = {r.symbol: r.pool for r in runs}
+    rows = pooled_rows(inputs, labels, s.every_ms, p)
     pooled = Evaluation(
         rows=rows,
         parameters={**parameters, "pooled": "one rotation for all symbols; Driscoll-Kraay"},
         flag_rate=None,
         evaluated_windows=max((r["windows"] or 0 for r in rows), default=0),
         comparisons=sum(r["p_value"] is not None for r in rows),
-        notes=_notes(rows, len(names)),
+        notes=_notes(rows, len(names)) + pooling_notes(inputs, rows, s.every_ms),
     )
     pooled = replace(pooled, ledger_comparisons=append_ledger(s.data_dir, pooled))
     out = pooled_dir(root, s.every)

@@ -8,8 +8,10 @@ forecast, the forecast's inputs and their decile steps), and the flag itself.
 
 **The common grid.** The windows every symbol's sample spans: from the latest first window to
 the earliest last one (shortened by up to ~0.1 % so that its length suits the FFT). A window a
-symbol's sample left out (its future touched a gap, say) counts 0 for it. Symbols whose
-samples do not overlap cannot be pooled: the run says so rather than pooling fewer.
+symbol's sample left out (its future touched a gap, say) counts 0 for it, after each
+symbol's residuals are centred on the rows it has in the grid (a symbol-specific intercept
+over the common span). Symbols whose samples do not overlap cannot be pooled: the run says
+so rather than pooling fewer.
 
 **p-value: one rotation for all symbols.** Per symbol, ``stat_i(s) = sum_t flag_i(t - s)
 y~_i(t)`` for every circular shift ``s`` of the grid (by FFT); pooled,
@@ -51,7 +53,7 @@ from engine.econometrics import (
 from engine.evaluate import HALF_HOUR_MS, METRICS, NO_EVIDENCE, TOO_LITTLE, Z975, PoolInput, judge
 from engine.har import EvalParams
 
-__all__ = ["POOLED_KEYS", "min_shift", "pooled_rows"]
+__all__ = ["POOLED_KEYS", "min_shift", "pooled_rows", "pooling_notes"]
 
 POOLED_KEYS = (
     "horizon",
@@ -82,11 +84,18 @@ def min_shift(n: int, k: int, every_ms: int, p: EvalParams) -> int:
 
 
 def _on_grid(inp: PoolInput, lo: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(y~, f~, flag) of one symbol on the grid ``lo .. lo + n - 1``, 0 where it has no row."""
+    """(y~, f~, flag) of one symbol on the grid ``lo .. lo + n - 1``, 0 where it has no row.
+    The residuals are centred on the rows the grid keeps: they have mean 0 over the symbol's
+    whole sample, not over the grid's part of it, and a mean left in them would make the
+    zeros of a hole look like information (rotations that move flags into the hole lose
+    it)."""
     keep = (inp.grid >= lo) & (inp.grid < lo + n)
     at = inp.grid[keep] - lo
     out = np.zeros((3, n))
-    out[0, at], out[1, at], out[2, at] = inp.y_res[keep], inp.f_res[keep], inp.flag[keep]
+    if len(at):
+        y, f_res = inp.y_res[keep], inp.f_res[keep]
+        out[0, at], out[1, at] = y - y.mean(), f_res - f_res.mean()
+        out[2, at] = inp.flag[keep]
     return out[0], out[1], out[2]
 
 
@@ -94,10 +103,10 @@ def _pooled_row(
     metric: str, horizon: str, inputs: Sequence[PoolInput], every_ms: int, p: EvalParams
 ) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(POOLED_KEYS)
+    inputs = [i for i in inputs if len(i.grid)]  # a symbol without a sample is not pooled
     row.update(
         horizon=horizon, flag="model", metric=metric, symbols=len(inputs), verdict=TOO_LITTLE
     )
-    inputs = [i for i in inputs if len(i.grid)]
     if not inputs:
         return row
     k = inputs[0].k
@@ -144,6 +153,47 @@ def _pooled_row(
     little = flags < p.min_flags or (row["shifts"] or 0) < p.min_shifts
     row["verdict"] = TOO_LITTLE if little or row["p_value"] is None else NO_EVIDENCE
     return row
+
+
+def pooling_notes(
+    inputs: Mapping[str, Mapping[tuple[str, str], PoolInput]],
+    rows: Sequence[dict[str, Any]],
+    every_ms: int,
+) -> list[str]:
+    """What a reader of the pooled verdict must know about its first row (the primary
+    metric, the first horizon): symbols left out for want of an evaluation sample, and a
+    common span that keeps less than 90 % of some symbol's sample (and which symbols set it)."""
+    if not rows:
+        return []
+    key = (rows[0]["metric"], rows[0]["horizon"])
+    have = {sym: got[key] for sym, got in inputs.items() if key in got and len(got[key].grid)}
+    notes = []
+    empty = sorted(set(inputs) - set(have))
+    if empty:
+        notes.append(
+            f"not pooled, no evaluation sample (too short for the warm-up and horizons): "
+            f"{', '.join(empty)}"
+        )
+    if len(have) < 2:
+        notes.append("fewer than 2 symbols pooled: the pooled test is one symbol's")
+    if not rows[0]["windows"]:
+        return notes
+    lo = rows[0]["first_window"] // every_ms
+    hi = lo + rows[0]["windows"]
+    kept = {
+        sym: int(np.count_nonzero((i.grid >= lo) & (i.grid < hi))) / len(i.grid)
+        for sym, i in have.items()
+    }
+    if min(kept.values()) < 0.9:
+        start = max(have, key=lambda sym: int(have[sym].grid[0]))
+        end = min(have, key=lambda sym: int(have[sym].grid[-1]))
+        low = ", ".join(f"{sym} {share:.0%}" for sym, share in sorted(kept.items()) if share < 0.9)
+        notes.append(
+            f"pooled over the {rows[0]['windows']:,} windows all symbols share, set by "
+            f"{start} (starts last) and {end} (ends first); share of each symbol's evaluated "
+            f"windows kept: {low}"
+        )
+    return notes
 
 
 def pooled_rows(
