@@ -69,6 +69,19 @@ def _setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9108); off by default.",
 )
+@click.option(
+    "--upload-to",
+    default=None,
+    help="Also copy closed Parquet files and the gap log to s3://bucket/prefix, verified, "
+    "as `recorder upload` does (local files stay); off by default.",
+)
+@click.option(
+    "--endpoint-url",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="S3-compatible server for --upload-to, e.g. http://127.0.0.1:8333; AWS S3 if unset. "
+    "Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.",
+)
 @_setting_options
 @cliutil.log_level_option()
 @_errors
@@ -76,11 +89,14 @@ def run(symbols: tuple[str, ...], data_dir: Path, log_level: str, **tunables: An
     """Stream trades of SYMBOLS into the store until SIGTERM or SIGINT.
 
     The stream must open at start; REST (backfill only) may be down: the recorder records
-    the stream and fills gaps once REST answers again.
+    the stream and fills gaps once REST answers again. With --upload-to, closed files are
+    copied in the background after each compaction and every --upload-interval seconds; an
+    object store that is down or hangs is retried, and never stops or slows recording.
 
     \b
     Example:
       recorder run --symbols btcusdt,ethusdt --data-dir /var/lib/tapewatch
+      recorder run --symbols btcusdt --data-dir data --upload-to s3://my-bucket/tapewatch
     """
     from recorder.service import run as run_recorder
 

@@ -115,6 +115,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds between status updates (state/recorder.json, systemd STATUS).",
     ),
     Setting(
+        "upload_interval",
+        300.0,
+        0.5,
+        _DAY,
+        "Seconds between uploads to --upload-to (one also follows each compaction).",
+    ),
+    Setting(
         "max_clock_skew",
         _DAY,
         1.0,
@@ -140,6 +147,8 @@ class RecorderConfig:
     ws_url: str = DEFAULT_WS_URL
     rest_url: str = DEFAULT_REST_URL
     metrics_addr: str | None = None
+    upload_to: str | None = None  # s3://bucket/prefix; None: no uploads
+    endpoint_url: str | None = None  # S3-compatible server for upload_to; None: AWS S3
     fsync_interval: float = _BY_NAME["fsync_interval"].default
     compact_grace: float = _BY_NAME["compact_grace"].default
     compact_interval: float = _BY_NAME["compact_interval"].default
@@ -155,6 +164,7 @@ class RecorderConfig:
     rest_timeout: float = _BY_NAME["rest_timeout"].default
     queue_max: int = int(_BY_NAME["queue_max"].default)
     status_interval: float = _BY_NAME["status_interval"].default
+    upload_interval: float = _BY_NAME["upload_interval"].default
     max_clock_skew: float = _BY_NAME["max_clock_skew"].default
 
     def __post_init__(self) -> None:

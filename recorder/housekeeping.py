@@ -1,9 +1,11 @@
-"""The recorder's periodic jobs: compacting closed hours, the status file and systemd's
-STATUS/WATCHDOG, and checking that the store it locked is still the one on disk."""
+"""The recorder's periodic jobs: compacting closed hours, uploading closed files (with
+``--upload-to``), the status file and systemd's STATUS/WATCHDOG, and checking that the store
+it locked is still the one on disk."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -11,10 +13,12 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from recorder.compact import closed_hours, compact_hour
+from recorder.errors import RecorderError
 from recorder.sink import DaemonWorker
 from recorder.store import layout
 from recorder.store.durable import atomic_write
 from recorder.store.lock import StoreLock
+from recorder.upload import upload_in_child
 
 if TYPE_CHECKING:
     from recorder.service import Recorder
@@ -29,10 +33,13 @@ class Housekeeping:
         self.rec = rec
         self.lock = lock
         self._compactor = DaemonWorker("compact")
+        self._upload_due = asyncio.Event()  # set when compaction closed files
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        upload = [("upload", self.upload_loop())] if self.rec.cfg.upload_to else []
         return [
             ("compact", self.compact_loop()),
+            *upload,
             ("status", self.status_loop()),
             ("watchdog", self.watchdog_loop()),
         ]
@@ -53,9 +60,43 @@ class Housekeeping:
                         continue
                     rec.stats["hours_compacted"] += 1
                     log.info("compacted %s: %d trades", d.relative_to(rec.root), res.rows)
+                    self._upload_due.set()
                 await asyncio.sleep(rec.cfg.compact_interval)
         finally:
             self._compactor.shutdown()
+
+    async def upload_loop(self) -> None:
+        """Copy the closed files to ``--upload-to`` at start, after each compaction and
+        every ``--upload-interval`` seconds; a failure (the server down, a missing bucket) is
+        logged, counted and retried, never fatal. Each run is a child process, killed when
+        the recorder stops, so a hung server holds up neither ingestion nor the stop."""
+        rec, url = self.rec, self.rec.cfg.upload_to
+        assert url is not None
+        rec.stats.update(files_uploaded=0, bytes_uploaded=0, upload_failures=0)
+        while True:
+            self._upload_due.clear()
+            try:
+                res = await upload_in_child(rec.root, url, rec.cfg.endpoint_url)
+            except Exception as e:  # never fatal: the recording matters more than its copy
+                rec.stats["upload_failures"] += 1
+                log.error(
+                    "upload to %s failed, retried in %g s: %s",
+                    url,
+                    rec.cfg.upload_interval,
+                    e,
+                    exc_info=not isinstance(e, RecorderError),  # a bug: its traceback
+                )
+            else:
+                rec.stats["files_uploaded"] += res.copied
+                rec.stats["bytes_uploaded"] += res.copied_bytes
+                rec.stats["last_upload_ms"] = int(time.time() * 1000)
+                if res.copied:
+                    log.info(
+                        "uploaded %d files (%d bytes) to %s", res.copied, res.copied_bytes, url
+                    )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(rec.cfg.upload_interval):
+                    await self._upload_due.wait()
 
     def status_text(self) -> str:
         rec = self.rec

@@ -16,6 +16,11 @@ Counters are read from the recorder's own counters at scrape time, so a scrape a
     tapewatch_recorder_queue_depth             items waiting for the disk writer
     tapewatch_recorder_rest_down               1 while REST fails, else 0
     tapewatch_recorder_fsync_latency_seconds   receive-to-fsync latency (histogram)
+    tapewatch_recorder_files_uploaded_total    files copied to --upload-to and verified
+    tapewatch_recorder_bytes_uploaded_total    their bytes
+    tapewatch_recorder_upload_failures_total   upload runs that failed (retried later)
+    tapewatch_recorder_last_upload_timestamp_seconds  end of the last upload run that
+                                               succeeded (UTC seconds; absent before one)
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ _COUNTERS = {
     "duplicates": "Trades dropped as already stored.",
     "backfilled": "Trades fetched from REST.",
     "gaps_recorded": "Id ranges recorded as unfetchable.",
+    "files_uploaded": "Files copied to --upload-to and verified.",
+    "bytes_uploaded": "Bytes of the files copied to --upload-to.",
+    "upload_failures": "Upload runs that failed (retried later).",
 }
 
 
@@ -105,6 +113,12 @@ class _Collector(Collector):
             "1 while REST fails.",
             value=float(rec.ingest.rest_down_since is not None),
         )
+        if "last_upload_ms" in st:
+            yield GaugeMetricFamily(
+                _P + "last_upload_timestamp_seconds",
+                "End of the last upload run that succeeded, UTC seconds.",
+                value=st["last_upload_ms"] / 1000,
+            )
 
 
 _BUCKETS = np.array([0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0])

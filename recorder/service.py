@@ -3,7 +3,8 @@
     connections ──frames──> ingest (decode, dedupe by id) ──> DiskSink ──> writer thread
          │ reconnect / id jump                                   ▲
          └──────────> backfill loop (SymbolBackfill + REST) ─────┘
-    housekeeping: compaction, status file + systemd STATUS/WATCHDOG, store check
+    housekeeping: compaction, uploads (a child process), status file + systemd
+                  STATUS/WATCHDOG, store check
 
 Every task is supervised: one that fails (a disk error, the store removed) stops the recorder
 with an error instead of leaving it half alive. ``stop()`` (SIGTERM, SIGINT) ends ``run`` in a
@@ -38,6 +39,7 @@ from recorder.sink import DiskSink
 from recorder.store import init_store
 from recorder.store.lock import StoreLock
 from recorder.tracker import IdTracker
+from recorder.upload import check_destination
 from recorder.writer import StoreWriter
 
 __all__ = ["Recorder", "run"]
@@ -87,6 +89,8 @@ class Recorder:
         _check_url(self.cfg.ws_url, ("ws", "wss"), "--ws-url")
         if self.cfg.metrics_addr:
             parse_addr(self.cfg.metrics_addr)
+        if self.cfg.upload_to:  # well formed; the server is first asked in the background
+            check_destination(self.cfg.upload_to, self.cfg.endpoint_url)
         await self.sink.call(init_store, self.root)
         with StoreLock(self.root) as lock:
             await self.sink.call(self.ingest.load)

@@ -31,6 +31,14 @@ Deletions are announced to readers (``changing``). The gap log is never deleted.
 The destination and the connection (``s3://`` URLs, ``AWS_*`` variables, timeouts) are
 ``recorder.store.objects``, shared with the engine, which reads such a copy.
 
+``recorder run --upload-to`` runs ``upload_store`` (never deleting) in a child process,
+``python -m recorder.upload`` (``upload_in_child``): a request to a server that hangs keeps
+the AWS SDK busy for minutes (pyarrow's exit handler waits for it too, so an abandoned
+thread would hold the recorder's exit), and a child is killed at once. Killing it loses
+nothing: a torn ledger line is ignored, an object not recorded is sent again. It takes no
+store lock (it only reads the store and appends to the ledger), so the recorder and
+``recorder upload`` may run at once: a file copied by both is recorded twice, harmlessly.
+
 Errors::
 
     RecorderError
@@ -42,9 +50,11 @@ Errors::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,15 +67,24 @@ from recorder.errors import RecorderError
 from recorder.store import layout
 from recorder.store.durable import changing, fsync_dir
 from recorder.store.files import list_day
-from recorder.store.objects import S3Settings, Target, bucket_exists, filesystem, s3_errors
+from recorder.store.objects import (
+    S3Settings,
+    Target,
+    bucket_exists,
+    filesystem,
+    parse_target,
+    s3_errors,
+)
 
 __all__ = [
     "CHUNK_BYTES",
     "LEDGER",
     "UploadError",
     "UploadResult",
+    "check_destination",
     "closed_files",
     "read_ledger",
+    "upload_in_child",
     "upload_store",
 ]
 
@@ -313,3 +332,76 @@ def _delete_uploaded(
     for parent in {p.parent for p in deleted}:
         fsync_dir(parent)
     return len(deleted)
+
+
+# ---- in the running recorder ---------------------------------------------------------
+
+# The options of ``recorder run`` that name the destination, quoted in messages.
+_TO, _ENDPOINT = "--upload-to", "--endpoint-url"
+
+
+def check_destination(url: str, endpoint_url: str | None) -> Target:
+    """The destination of ``recorder run --upload-to``, checked without a request (the
+    server may be down at start): ObjectStoreError for a malformed URL or endpoint."""
+    target = parse_target(url, _TO)
+    filesystem(S3Settings.from_env(endpoint_url, option=_ENDPOINT))
+    return target
+
+
+async def upload_in_child(root: Path, url: str, endpoint_url: str | None) -> UploadResult:
+    """``upload_store(root, url)`` (no deletes) in a child process, which reads the
+    credentials from the same ``AWS_*`` variables. UploadError with the message
+    ``recorder upload`` would give, or if the child dies; cancelling kills the child."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "recorder.upload",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # Ctrl+C is the recorder's to handle: it kills the child
+        )
+    except OSError as e:
+        raise UploadError(f"cannot start the upload process ({e.strerror or e})") from None
+    job = {"root": str(root), "to": url, "endpoint_url": endpoint_url}
+    try:
+        out, _ = await proc.communicate(orjson.dumps(job))
+    except BaseException:  # cancelled (the recorder stops): never wait for the object store
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                await proc.wait()
+        raise
+    try:
+        reply = orjson.loads(out)
+    except orjson.JSONDecodeError:
+        rc = proc.returncode or 0
+        how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+        raise UploadError(f"the upload process {how} before it finished; see the log") from None
+    if "error" in reply:
+        raise UploadError(reply["error"])
+    return UploadResult(**reply)
+
+
+def _child() -> None:
+    """``python -m recorder.upload``: one job ``{"root", "to", "endpoint_url"}`` on stdin,
+    one line on stdout: the UploadResult's fields, or ``{"error": message}``."""
+    job = orjson.loads(sys.stdin.buffer.read())
+    try:
+        settings = S3Settings.from_env(job["endpoint_url"], option=_ENDPOINT)
+        r = upload_store(Path(job["root"]), parse_target(job["to"], _TO), settings)
+        reply: dict[str, Any] = {
+            "copied": r.copied,
+            "copied_bytes": r.copied_bytes,
+            "skipped": r.skipped,
+            "deleted": r.deleted,
+            "seconds": r.seconds,
+        }
+    except RecorderError as e:
+        reply = {"error": str(e)}
+    sys.stdout.buffer.write(orjson.dumps(reply) + b"\n")
+
+
+if __name__ == "__main__":
+    _child()
