@@ -382,6 +382,11 @@ def upload(data_dir: Path, to: str, endpoint_url: str | None, delete_local: bool
     )
     if delete_local:
         line += f"; deleted {r.deleted} local files"
+    if r.stale:
+        line += (
+            f"; {r.stale} copies had changed on the server since they were verified: "
+            "their files are kept and go again on the next run"
+        )
     click.echo(line)
 
 

@@ -24,8 +24,10 @@ another server (the ledger does not know endpoints), or a bucket emptied since. 
 line of a (destination, key) wins; a torn last line (a crash mid-append) is ignored.
 
 With ``delete_local``, a file is deleted only when its ledger line matches it (size and mtime),
-the object still has that size, and it is not its symbol's newest closed file: the recorder
-resumes from the newest stored trade, and without it would refetch what was deleted.
+the object read back has its recorded sha256, and it is not its symbol's newest closed file:
+the recorder resumes from the newest stored trade, and without it would refetch what was
+deleted. A copy changed on the server since it was verified keeps its file, and its ledger
+line is withdrawn so that the next run sends it again.
 Deletions are announced to readers (``changing``). The gap log is never deleted.
 
 The destination and the connection (``s3://`` URLs, ``AWS_*`` variables, timeouts) are
@@ -106,6 +108,7 @@ class UploadResult:
     skipped: int  # already in the ledger, unchanged
     deleted: int  # local files deleted (with delete_local)
     seconds: float  # wall time of the copies
+    stale: int = 0  # copies that no longer matched at deletion: kept, sent again next run
 
 
 # ---- the store's side ----------------------------------------------------------------
@@ -290,8 +293,10 @@ def upload_store(
         if progress is not None:
             progress("upload", done, max(total, done))
     seconds = time.monotonic() - started
-    deleted = _delete_uploaded(root, s3, target, settings, files, ledger) if delete_local else 0
-    return UploadResult(copied, done, skipped, deleted, seconds)
+    deleted, stale = (
+        _delete_uploaded(root, s3, target, settings, files, ledger) if delete_local else (0, 0)
+    )
+    return UploadResult(copied, done, skipped, deleted, seconds, stale)
 
 
 def _delete_uploaded(
@@ -301,14 +306,18 @@ def _delete_uploaded(
     settings: S3Settings,
     files: list[Path],
     ledger: dict[tuple[str, str], dict[str, Any]],
-) -> int:
-    """Delete the files whose recorded copy matches them and still exists, except each
-    symbol's newest closed file (``files`` lists each symbol's oldest first)."""
+) -> tuple[int, int]:
+    """Delete the files whose recorded copy matches them, except each symbol's newest
+    closed file (``files`` lists each symbol's oldest first); (deleted, stale). Each copy is
+    read back and its sha256 checked against the ledger's right before its file goes: a
+    copy changed on the server since (same size or not) is not a copy any more. Such a file
+    is kept and its ledger line withdrawn, so the next run sends it again."""
     newest: dict[str, Path] = {}
     for path in files:
         newest[path.relative_to(root).parts[1]] = path
     keep = set(newest.values())
     doomed: list[tuple[Path, dict[str, Any] | None]] = []
+    stale = 0
     for path in files:
         key = path.relative_to(root).as_posix()
         rec = ledger.get((target.url, key))
@@ -316,12 +325,17 @@ def _delete_uploaded(
             st = path.stat()
         except FileNotFoundError:
             continue
-        if path in keep or not _recorded(rec, st):
+        if path in keep or rec is None or not _recorded(rec, st):
             continue
         with s3_errors(settings, f"cannot check s3://{target.path(key)}", _RETRY):
-            info = s3.get_file_info(target.path(key))
-        if info.size == st.st_size:
+            size, sha = _remote_sha256(s3, target.path(key))
+        if (size, sha) == (st.st_size, rec["sha256"]):
             doomed.append((path, rec))
+            continue
+        withdrawn = {**rec, "size": None, "mtime_ns": None, "withdrawn": "copy changed"}
+        _append_ledger(root, withdrawn)
+        ledger[(target.url, key)] = withdrawn
+        stale += 1
     deleted: list[Path] = []
     with changing(root):
         for path, rec in doomed:
@@ -331,7 +345,7 @@ def _delete_uploaded(
                     deleted.append(path)
     for parent in {p.parent for p in deleted}:
         fsync_dir(parent)
-    return len(deleted)
+    return len(deleted), stale
 
 
 # ---- in the running recorder ---------------------------------------------------------
@@ -397,6 +411,7 @@ def _child() -> None:
             "skipped": r.skipped,
             "deleted": r.deleted,
             "seconds": r.seconds,
+            "stale": r.stale,
         }
     except RecorderError as e:
         reply = {"error": str(e)}

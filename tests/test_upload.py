@@ -223,6 +223,28 @@ def test_delete_local_deletes_only_verified_copies(s3, tmp_path):
         assert remote_bytes(s3, f"{s3.bucket}/deleting/{key}") is not None
 
 
+def test_a_copy_changed_on_the_server_keeps_its_file_and_goes_again(s3, tmp_path):
+    """The same size, other bytes (found by a hostile review: the size alone let
+    --delete-local delete the only good copy): the file stays, and the next run sends it."""
+    keys = small_store(tmp_path)
+    url = f"s3://{s3.bucket}/tampered"
+    assert run(s3, "--data-dir", str(tmp_path), "--to", url).exit_code == 0
+    victim = tmp_path / keys[1]
+    with s3.filesystem().open_output_stream(f"{s3.bucket}/tampered/{keys[1]}") as f:
+        f.write(bytes(victim.stat().st_size))  # zeros, the same size
+    r = run(s3, "--data-dir", str(tmp_path), "--to", url, "--delete-local")
+    assert r.exit_code == 0, r.output
+    assert r.output == (
+        f"uploaded 0 files (0.0 MB, 0.0 MB/s) to {url}; 5 already uploaded; deleted 2 local "
+        "files; 1 copies had changed on the server since they were verified: their files are "
+        "kept and go again on the next run\n"
+    )
+    assert victim.exists() and not (tmp_path / keys[0]).exists()
+    again = run(s3, "--data-dir", str(tmp_path), "--to", url)
+    assert again.output.startswith("uploaded 1 files (")
+    assert remote_bytes(s3, f"{s3.bucket}/tampered/{keys[1]}") == victim.read_bytes()
+
+
 def test_the_gap_log_is_copied_sent_again_when_it_grows_and_never_deleted(s3, tmp_path):
     keys = small_store(tmp_path)
     gaps = tmp_path / layout.GAPS
