@@ -205,9 +205,14 @@ def _check_horizons(horizons: tuple[tuple[str, int], ...], every_ms: int) -> Non
             )
 
 
-def _check_grid(s: Any, max_windows: int, everies: list[int] | None = None) -> None:
+def _check_grid(
+    s: Any, max_windows: int, everies: list[int] | None = None, one_of_many: bool = False
+) -> None:
     """Refuse, before reading a trade, a window grid too big to build (see
-    ``config.window_count_problem``); the range defaults to the stored hours."""
+    ``config.window_count_problem``); the range defaults to the stored hours. With
+    ``one_of_many`` (a symbol of ``--symbols``), also a symbol whose whole span holds no
+    more windows than the model's buffer, by name: it would fail after the others ran."""
+    from engine.durations import format_ms
     from engine.scan import open_store
 
     index = open_store(s.store, s.symbol)  # DataError: no store, unknown symbol
@@ -219,6 +224,14 @@ def _check_grid(s: Any, max_windows: int, everies: list[int] | None = None) -> N
     )
     if problem:
         raise InputError(problem)
+    every = max(everies or [s.every_ms])
+    windows = max(0, end - first) // every
+    if one_of_many and windows <= s.model.buffer:
+        raise InputError(
+            f"{s.symbol.upper()} spans {windows:,} windows of {format_ms(every)} in this range, "
+            f"no more than --buffer {s.model.buffer}: the model cannot score it; leave it out "
+            "of --symbols, or give a longer range or a smaller --buffer"
+        )
 
 
 def _check_output(output: Path | None) -> None:
@@ -473,7 +486,8 @@ def verdict(results: Path) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Results folder; default DATA_DIR/results/SYMBOL-EVERY, or ./results/SYMBOL-EVERY "
-    "for an s3:// store (the ledger then goes to ./results/ledger.ndjson).",
+    "for an s3:// store (the ledger then goes to ./results/ledger.ndjson). With --symbols, "
+    "the folder that holds SYMBOL-EVERY for each and pooled-EVERY; default DATA_DIR/results.",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option(
@@ -562,8 +576,13 @@ def _symbol_list(kw: dict[str, Any]) -> list[str]:
     if not given:
         return []
     source = click.get_current_context().get_parameter_source("symbol")
-    if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+    if source is ParameterSource.COMMANDLINE:
         raise InputError("give --symbol or --symbols, not both")
+    if source is ParameterSource.ENVIRONMENT:
+        raise InputError(
+            f"--symbols is given and so is {_env(config.SETTING['symbol'])}: "
+            "unset the variable, or give --symbol instead"
+        )
     from engine.multirun import store_symbols
     from engine.scan import parse_symbol
 
@@ -575,7 +594,7 @@ def _symbol_list(kw: dict[str, Any]) -> list[str]:
     names = [parse_symbol(g) for g in given]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice or "ALL" in names:
-        what = f"names {twice[0]} twice" if twice else "mixes all with symbols"
+        what = "mixes all with symbols" if "ALL" in names else f"names {twice[0]} twice"
         raise InputError(f"--symbols {','.join(given)} {what}; give each symbol once, or all")
     return names
 
@@ -600,7 +619,7 @@ def _run_symbols(
     from engine.multirun import run_symbols
 
     for symbol in symbols:
-        _check_grid(replace(s, symbol=symbol), max_windows)
+        _check_grid(replace(s, symbol=symbol), max_windows, one_of_many=True)
     root = results or s.data_dir / "results"
     cliutil.check_writable(root, "--results", directory=True)
     cliutil.check_writable(s.data_dir / "results", "the ledger's folder", directory=True)
@@ -626,10 +645,8 @@ def print_multi(multi: Any, fmt: str, output: Path | None) -> None:
 
     pooled = multi.pooled.as_dict()
     if fmt == "table" and output is None:
-        click.echo(
-            f"VERDICT, pooled over {len(multi.symbols)} symbols "
-            f"({', '.join(multi.symbols)}): {headline(pooled)}"
-        )
+        many = f"{len(multi.symbols)} symbol{'s' if len(multi.symbols) > 1 else ''}"
+        click.echo(f"VERDICT, pooled over {many} ({', '.join(multi.symbols)}): {headline(pooled)}")
         keys = ("horizon", "effect", "effect_ci_low", "effect_ci_high", "p_value", "p_bh")
         table = [
             {
@@ -783,7 +800,7 @@ def sweep(fmt: str, output: Path | None, executor: str, ray_address: str | None,
         _check_horizons(s.horizons, e)
     _check_output(output)
     for symbol in symbols or [s.symbol]:
-        _check_grid(replace(s, symbol=symbol), kw["max_windows"], everies)
+        _check_grid(replace(s, symbol=symbol), kw["max_windows"], everies, bool(symbols))
     with make(executor, ray_address) as tasks, cliutil.progress() as progress:
         report = run_sweep(s, everies, progress, tasks, symbols)
     print_report(report, fmt, output)

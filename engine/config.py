@@ -106,6 +106,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     flag: str = ""  # the command-line option when it is not --name (simulate's --seed)
     out_of_range: str = ""  # the message when it is not the usual one (kept as tests pin it)
+    example: str = ""  # a value to show in messages when there is no default
 
     @property
     def option(self) -> str:
@@ -128,7 +129,7 @@ class Setting:
             if not all(items):
                 raise InputError(
                     f"{label} {text!r} lists no value or an empty one; "
-                    f"give a comma-separated list like {self.option} {self.default}"
+                    f"give a comma-separated list like {self.option} {self.example or self.default}"
                 )
             if self.kind == "names":
                 return tuple(self._once(items, items, label))
@@ -243,6 +244,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Several symbols instead of --symbol: btcusdt,ethusdt, or all (every symbol in the "
         "store). One task each; results per symbol and a verdict pooled over them.",
         "names",
+        example="btcusdt,ethusdt",
     ),
     Setting(
         "every",

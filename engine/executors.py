@@ -28,6 +28,7 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import multiprocessing
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -285,7 +286,7 @@ class RayExecutor(Executor):
             num_cpus=self.cpus_per_task,
             max_retries=self.tries - 1,
             retry_exceptions=True,
-            runtime_env={"env_vars": _blas_threads()},
+            runtime_env={"env_vars": _worker_env()},
         )(_attempt)
         # Ray's driver prints its notices (a task failed and will be retried ...) to stdout,
         # from a thread: while tasks run, they go to stderr, away from the data.
@@ -327,18 +328,25 @@ class RayExecutor(Executor):
             self._started = False
 
 
-def _blas_threads() -> dict[str, str]:
-    """The thread counts of this process's BLAS, for the workers' environment. Ray sets a
-    worker's ``OMP_NUM_THREADS`` to its task's CPUs (1), and OpenBLAS splits a long dot
-    product between its threads: with another count its sums round differently (about
-    1e-13 relative on the verdict's effects), and the tables would not be the same bits."""
+def _worker_env() -> dict[str, str]:
+    """What a Ray worker must share with this process.
+
+    - The thread counts of this process's BLAS. Ray sets a worker's ``OMP_NUM_THREADS`` to
+      its task's CPUs (1), and OpenBLAS splits a long dot product between its threads: with
+      another count its sums round differently (about 1e-13 relative on the verdict's
+      effects), and the tables would not be the same bits. (On a node with fewer cores than
+      tasks times threads, that oversubscribes its cores a little.)
+    - The ``AWS_*`` variables, so that a task reads an ``s3://`` store from the endpoint
+      and with the credentials this process checked (a cluster's workers do not have the
+      driver's environment)."""
     import numpy  # noqa: F401  (loaded, so that their BLAS libraries are seen)
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_info
 
     counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     n = str(max(counts, default=1))
-    return {"OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    return {**env, "OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
 def make(kind: str, ray_address: str | None = None, tries: int = TRIES) -> Executor:

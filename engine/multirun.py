@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from engine.errors import DataError, InputError
+from engine.errors import DataError, EngineError, InputError
 from engine.evaluate import Evaluation, append_ledger, judge
 from engine.executors import Executor, LocalExecutor
 from engine.har import EvalParams
@@ -78,7 +78,10 @@ def run_symbol(task: SymbolTask) -> SymbolRun:
     """A run's task: ``pipeline.run`` for one symbol (module level, so that a process pool or
     Ray can pickle it; it writes only its own folder, so it may run twice)."""
     pool: dict = {}
-    report, out = run(task.settings, task.results, plots=task.plots, pool=pool)
+    try:
+        report, out = run(task.settings, task.results, plots=task.plots, pool=pool)
+    except EngineError as e:  # the run's answer about this symbol: say which
+        raise type(e)(f"{task.name}: {e}") from None
     return SymbolRun(task.name, report, out, pool)
 
 
@@ -107,7 +110,8 @@ class MultiRun:
 
 
 def store_symbols(store: Path | str) -> list[str]:
-    """Every symbol in the store (``--symbols all``), sorted; DataError without a store."""
+    """Every symbol in the store with an hour or a day of trades (``--symbols all``), sorted;
+    DataError without a store."""
     if isinstance(store, str):
         raise InputError(
             f"--symbols all lists a local store, not {store}; name the symbols: "
@@ -115,7 +119,12 @@ def store_symbols(store: Path | str) -> list[str]:
         )
     if not (store / layout.TRADES).is_dir():
         raise DataError(f"no store at {store}; pass --data-dir where `recorder run` writes")
-    return layout.symbol_dirs(store)
+    return [
+        sym
+        for sym in layout.symbol_dirs(store)
+        if layout.hour_dirs(store, sym)
+        or any((d / layout.PARQUET).exists() for d in layout.day_dirs(store, sym))
+    ]
 
 
 def pooled_dir(root: Path, every: str) -> Path:

@@ -17,6 +17,7 @@ import polars as pl
 
 from engine import config
 from engine.durations import format_ms, parse_duration, parse_durations
+from engine.errors import EngineError
 from engine.executors import Executor, LocalExecutor
 from engine.horizons import (
     adjustment_covariates,
@@ -233,7 +234,10 @@ class SizeTask:
 def score_size(task: SizeTask) -> HorizonTable:
     """A sweep's task: scores and the horizon table of one window size (module level, so
     that a process pool or Ray can pickle it; pure, so it may run twice)."""
-    scored = score_windows(task.settings, task.windows)
+    try:
+        scored = score_windows(task.settings, task.windows)
+    except EngineError as e:  # the answer about this symbol and size: say which
+        raise type(e)(f"{task.name}: {e}") from None
     return horizon_report(task.settings, scored)
 
 
@@ -252,7 +256,12 @@ def _scored_by_batches(tasks: Sequence[SizeTask], executor: Executor, progress: 
     ``score_windows``). The scored tasks, in order."""
     from engine.model import plan_walk_forward, run_batch, scored_windows
 
-    plans = [plan_walk_forward(t.windows, t.settings.model, REFITS_PER_TASK, t.name) for t in tasks]
+    plans = []
+    for t in tasks:
+        try:
+            plans.append(plan_walk_forward(t.windows, t.settings.model, REFITS_PER_TASK, t.name))
+        except EngineError as e:  # as score_size says it
+            raise type(e)(f"{t.name}: {e}") from None
     flat = [b for wf in plans for b in wf.batches]
     results = iter(executor.map(run_batch, flat, lambda b: b.name, progress, "refit batches"))
     return [

@@ -177,7 +177,7 @@ def test_an_engine_error_in_a_task_is_not_retried_and_reads_as_locally(ray_runti
     on_ray = CliRunner().invoke(main, ["sweep", *args, "--executor", "ray"])
     assert (on_ray.exit_code, on_ray.stderr) == (local.exit_code, local.stderr)
     assert local.exit_code == 1 and local.stderr.startswith(
-        "Error: fewer windows than the buffer: 540 scoreable windows"
+        "Error: SIMUSDT every 20s: fewer windows than the buffer: 540 scoreable windows"
     )
 
 
@@ -217,3 +217,17 @@ def test_executor_ray_without_ray_is_one_line_with_the_install_hint(store, monke
     assert (r.exit_code, r.stderr) == (1, "Error: --ray-address auto needs --executor ray\n")
     r = CliRunner().invoke(main, ["sweep", *grid(store)], env={"TAPEWATCH_ENGINE_EXECUTOR": "dask"})
     assert r.exit_code == 2 and "'dask' is not one of 'local', 'ray'" in r.stderr
+
+
+def test_ray_workers_get_the_s3_settings_and_blas_threads(monkeypatch):
+    """A cluster's workers do not have this process's environment: a task reading an s3://
+    store must use the endpoint and credentials this process checked."""
+    from engine.executors import _worker_env
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    env = _worker_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:8333"
+    assert env["AWS_ACCESS_KEY_ID"] == "key" and "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] != ""

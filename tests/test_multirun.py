@@ -143,6 +143,11 @@ def test_symbols_all_is_every_symbol_in_the_store(store, tmp_path):
         (["--symbols", "aaausdt,"], "lists no value or an empty one"),
         (["--symbols", "aaa-usdt"], "is not ASCII letters and digits"),
         (["--executor", "ray"], "one --symbol runs here"),
+        (["--symbols", "all,ALL"], "mixes all with symbols"),
+        (
+            ["--symbols", "aaausdt,bbbusdt", "--buffer", "3600"],
+            "AAAUSDT spans 3,600 windows of 20s in this range, no more than --buffer 3600",
+        ),
     ],
 )
 def test_a_muddled_symbol_list_is_one_error_line(store, tmp_path, args, message):
@@ -151,6 +156,41 @@ def test_a_muddled_symbol_list_is_one_error_line(store, tmp_path, args, message)
     assert got.stderr.startswith("Error: ") and message in got.stderr, got.stderr
     assert len(got.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_symbol_from_the_environment_beside_symbols_is_named(store, tmp_path):
+    got = CliRunner().invoke(
+        main,
+        run_args(store, tmp_path / "r", "--symbols", "aaausdt,bbbusdt"),
+        env={"TAPEWATCH_ENGINE_SYMBOL": "aaausdt"},
+    )
+    assert (got.exit_code, got.stderr) == (
+        1,
+        "Error: --symbols is given and so is TAPEWATCH_ENGINE_SYMBOL: unset the variable, "
+        "or give --symbol instead\n",
+    )
+
+
+def test_a_symbol_that_fails_in_its_task_is_named(tmp_path):
+    """Past the up-front check (its span holds more windows than the buffer, but most are
+    empty), the error names the symbol."""
+    write_store(tmp_path, "AAAUSDT", tape(T0, 3 * 3600, 0.5, seed=1))
+    write_store(tmp_path, "QUIETUSDT", tape(T0, 3 * 3600, 0.01, seed=2))  # ~1 in 5 windows
+    got = engine(*run_args(tmp_path, tmp_path / "r", "--symbols", "all", "--buffer", "400"))
+    assert got.exit_code == 1
+    assert got.stderr.startswith("Error: QUIETUSDT: fewer windows than the buffer: "), got.stderr
+
+
+def test_symbols_all_skips_a_symbol_folder_without_trades(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    (copy / "trades" / "symbol=GGGUSDT").mkdir()
+    got = engine("sweep", "--data-dir", str(copy), "--symbols", "all", "--every", "20s",
+                 "--horizons", "1m", *SMALL, "--format", "json")  # fmt: skip
+    assert got.exit_code == 0, got.stderr
+    assert orjson.loads(got.stdout)["parameters"]["symbols"] == list(SYMBOLS)
 
 
 def test_symbols_all_on_an_empty_store_says_so(tmp_path):
