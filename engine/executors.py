@@ -29,7 +29,9 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -255,6 +257,8 @@ class RayExecutor(Executor):
         self.spreads = True
         self.cpus_per_task = cpus_per_task
         self._started = False
+        self._sigterm: Any = None  # the SIGTERM handler before ours
+        self._signalled = 0  # the signal that ended the run
 
     def _connect(self) -> None:
         ray = self.ray
@@ -271,6 +275,13 @@ class RayExecutor(Executor):
             where = self.address or "a local Ray runtime"
             raise DataError(f"cannot start or reach {where}: {e}".splitlines()[0]) from None
         self._started = True
+        # Ray's driver answers SIGTERM with a C++ stack dump and an abort (exit 134). Ours
+        # unwinds instead: ``close`` shuts Ray down, and the exit code is 143, as for any
+        # process ended by SIGTERM. Inside ``ray.wait`` an exception from a signal handler
+        # comes out as another (KeyboardInterrupt, or SystemExit(1)), so the handler only
+        # interrupts and notes the signal, and ``map`` turns whatever comes out into 143.
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, self._terminate)
 
     def map(
         self,
@@ -290,8 +301,17 @@ class RayExecutor(Executor):
         )(_attempt)
         # Ray's driver prints its notices (a task failed and will be retried ...) to stdout,
         # from a thread: while tasks run, they go to stderr, away from the data.
-        with contextlib.redirect_stdout(sys.stderr):
-            return self._run(task, fn, items, name_of, progress, stage)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return self._run(task, fn, items, name_of, progress, stage)
+        except BaseException:
+            if self._signalled:
+                raise SystemExit(128 + self._signalled) from None
+            raise
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        self._signalled = signum
+        raise KeyboardInterrupt
 
     def _run(self, task, fn, items, name_of, progress, stage) -> list:
         ray = self.ray
@@ -324,8 +344,13 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         if self._started:
-            self.ray.shutdown()
             self._started = False
+            try:
+                self.ray.shutdown()
+            finally:
+                if self._sigterm is not None:
+                    signal.signal(signal.SIGTERM, self._sigterm)
+                    self._sigterm = None
 
 
 def _worker_env() -> dict[str, str]:

@@ -3,12 +3,14 @@ fails once is retried, and one that keeps failing is an error naming it."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import orjson
 import pytest
 from click.testing import CliRunner
+from conftest import UNIT
 from synth import tape, write_store
 
 from engine import pipeline
@@ -231,3 +233,51 @@ def test_ray_workers_get_the_s3_settings_and_blas_threads(monkeypatch):
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:8333"
     assert env["AWS_ACCESS_KEY_ID"] == "key" and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] != ""
+
+
+SLOW_TASKS = """
+import time
+from engine.executors import RayExecutor
+
+def slow(x):
+    time.sleep(60)
+    return x
+
+if __name__ == "__main__":
+    with RayExecutor() as ex:
+        ex.map(slow, [1, 2], str)
+"""
+
+
+@pytest.mark.ray
+def test_sigterm_on_ray_shuts_ray_down_and_exits_143(tmp_path):
+    """Ray's driver answers SIGTERM with a C++ stack dump and an abort, leaving its raylet
+    behind for a while; the engine's executor unwinds instead: Ray shut down, exit 143."""
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "slow.py").write_text(SLOW_TASKS)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    p = subprocess.Popen(
+        [sys.executable, "slow.py"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+
+    def session() -> list[str]:
+        ps = subprocess.run(["ps", "-e", "-o", "sid=,pid=,args="], capture_output=True, text=True)
+        mine = [line.split(None, 2) for line in ps.stdout.splitlines()]
+        return [a for sid, pid, a in mine if int(sid) == p.pid and int(pid) != p.pid]
+
+    deadline = time.monotonic() + 60 * UNIT
+    while not any("ray::_attempt" in a for a in session()):  # the tasks run in workers
+        assert time.monotonic() < deadline and p.poll() is None, "no Ray task started"
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(30 * UNIT)
+    assert (rc, time.monotonic() - t0 < 10 * UNIT) == (143, True)
+    with p.stderr:
+        assert "SIGTERM received" not in p.stderr.read().decode()
+    time.sleep(3 * UNIT)
+    assert session() == []  # raylet, GCS and the workers are gone
