@@ -464,6 +464,7 @@ def verdict(results: Path) -> None:
     \b
     Example:
       engine verdict --results data/results/BTCUSDT-20s
+      engine verdict --results data/results/pooled-20s
     """
     import orjson
 
@@ -472,7 +473,10 @@ def verdict(results: Path) -> None:
         ev = orjson.loads(path.read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError) as e:
         raise InputError(f"{path} is missing or damaged ({e}); rerun `engine run`") from None
-    print_verdict(ev)
+    if "pooled" in ev.get("parameters", {}):  # RESULTS/pooled-EVERY of engine run --symbols
+        print_pooled(ev)
+    else:
+        print_verdict(ev)
 
 
 @main.command(context_settings=CONTEXT)
@@ -634,6 +638,35 @@ def _run_symbols(
     click.echo(f"results in {root} (pooled: {multi.results})", err=True)
 
 
+def print_pooled(pooled: dict[str, Any]) -> None:
+    """The pooled verdict in words, its table (primary metric) and its notes."""
+    import polars as pl
+
+    from engine.output import emit_table
+    from engine.verdict import headline
+
+    symbols = pooled["parameters"].get("symbols", [])
+    many = f"{len(symbols)} symbol{'s' if len(symbols) != 1 else ''}"
+    click.echo(f"VERDICT, pooled over {many} ({', '.join(symbols)}): {headline(pooled)}")
+    keys = ("horizon", "effect", "effect_ci_low", "effect_ci_high", "p_value", "p_bh")
+    rows = pooled["rows"]
+    table = [
+        {
+            **{k: r[k] for k in keys},
+            "p_driscoll_kraay": r["p_dk"],
+            "symbols": r["symbols"],
+            "windows": r["windows"],
+            "flags": r["flags"],
+            "verdict": r["verdict"],
+        }
+        for r in rows
+        if r["metric"] == rows[0]["metric"]
+    ]
+    emit_table(pl.DataFrame(table, infer_schema_length=None), "table")
+    for note in pooled["notes"]:
+        click.echo(f"note: {note}")
+
+
 def print_multi(multi: Any, fmt: str, output: Path | None) -> None:
     """The pooled verdict first, then each symbol's. JSON: the run (``pooled`` holds the
     pooled evaluation) with every symbol's rows as ``rows``; CSV and NDJSON: the pooled rows
@@ -641,26 +674,10 @@ def print_multi(multi: Any, fmt: str, output: Path | None) -> None:
     import polars as pl
 
     from engine.output import emit_table
-    from engine.verdict import headline
 
     pooled = multi.pooled.as_dict()
     if fmt == "table" and output is None:
-        many = f"{len(multi.symbols)} symbol{'s' if len(multi.symbols) > 1 else ''}"
-        click.echo(f"VERDICT, pooled over {many} ({', '.join(multi.symbols)}): {headline(pooled)}")
-        keys = ("horizon", "effect", "effect_ci_low", "effect_ci_high", "p_value", "p_bh")
-        table = [
-            {
-                **{k: r[k] for k in keys},
-                "p_driscoll_kraay": r["p_dk"],
-                "flags": r["flags"],
-                "verdict": r["verdict"],
-            }
-            for r in pooled["rows"]
-            if r["metric"] == pooled["rows"][0]["metric"]
-        ]
-        emit_table(pl.DataFrame(table, infer_schema_length=None), "table")
-        for note in pooled["notes"]:
-            click.echo(f"note: {note}")
+        print_pooled(pooled)
         primary = multi.per_symbol[0]["metric"] if multi.per_symbol else None
         own = [
             {

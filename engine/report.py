@@ -87,6 +87,12 @@ def _verdict_section(ev: dict[str, Any]) -> str:
 
 def write_report(results: Path, out: Path | None = None) -> Path:
     """Write ``results/report.html`` (or ``out``) from a folder ``engine run`` wrote."""
+    if (results / "summary.json").exists() and not (results / "horizons.json").exists():
+        raise DataError(
+            f"{results} holds the pooled verdict of `engine run --symbols`, which "
+            "`engine verdict --results` prints; a report is per symbol: "
+            f"give --results {results.parent}/SYMBOL-EVERY"
+        )
     try:
         report = HorizonTable.from_dict(orjson.loads((results / "horizons.json").read_bytes()))
         scores = pl.read_parquet(results / "scores.parquet")

@@ -84,7 +84,12 @@ def test_run_over_symbols_is_each_run_and_their_pooled_test(store, tmp_path):
     assert orjson.loads((out / "evaluate.json").read_bytes())["rows"] == expected
     assert pl.read_csv(out / "per_symbol.csv").height == len(per_symbol)
     said = engine("verdict", "--results", str(out))
-    assert said.exit_code == 0 and said.stdout.startswith("VERDICT: ")
+    assert said.exit_code == 0
+    assert said.stdout.startswith("VERDICT, pooled over 2 symbols (AAAUSDT, BBBUSDT): ")
+    assert "p_driscoll_kraay" in said.stdout
+    no_report = engine("report", "--results", str(out))
+    assert no_report.exit_code == 1
+    assert "holds the pooled verdict of `engine run --symbols`" in no_report.stderr
     # In words: the pooled verdict first, then every symbol's.
     table = engine(*run_args(store, tmp_path / "words", "--symbols", "all"))
     assert table.exit_code == 0, table.stderr
