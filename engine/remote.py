@@ -39,6 +39,7 @@ from recorder.store.objects import (
     Target,
     bucket_exists,
     filesystem,
+    no_bucket,
     parse_target,
     s3_errors,
 )
@@ -142,9 +143,7 @@ def open_remote(url: str, symbol: str) -> RemoteStoreIndex:
     settings = S3Settings.from_env()
     s3 = filesystem(settings)
     if not bucket_exists(s3, target, settings):
-        raise DataError(
-            f"no store at {target.url}: bucket {target.bucket!r} does not exist; {_WHERE}"
-        )
+        raise DataError(f"no store at {target.url}: {no_bucket(target, settings)}; {_WHERE}")
     trades = target.path(f"{layout.TRADES}/symbol={sym}")
     with s3_errors(settings, f"cannot list {target.url}"):
         found = s3.get_file_info(fs.FileSelector(trades, recursive=True, allow_not_found=True))

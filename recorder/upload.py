@@ -74,6 +74,7 @@ from recorder.store.objects import (
     Target,
     bucket_exists,
     filesystem,
+    no_bucket,
     parse_target,
     s3_errors,
 )
@@ -244,7 +245,7 @@ def upload_store(
         raise UploadError(f"no store at {root}; pass --data-dir where `recorder run` writes")
     s3 = filesystem(settings)
     if not bucket_exists(s3, target, settings):
-        raise UploadError(f"bucket {target.bucket!r} does not exist; create it first")
+        raise UploadError(f"{no_bucket(target, settings)}; create it first")
     ledger = read_ledger(root)
     there = _listed(s3, target, settings)
     files = closed_files(root)

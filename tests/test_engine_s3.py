@@ -165,7 +165,8 @@ def test_engine_run_on_the_copy_gives_the_local_results(s3, stores, tmp_path, mo
             "simusdt",
             {},
             "Error: no store at s3://no-such-bucket/copy: bucket 'no-such-bucket' does not "
-            "exist; pass --data-dir where `recorder upload --to` copied the store",
+            "exist at {endpoint} (if that is not the S3 server, check AWS_ENDPOINT_URL); "
+            "pass --data-dir where `recorder upload --to` copied the store",
         ),
         (
             "s3://tapewatch/nothing-here",
@@ -205,7 +206,7 @@ def test_engine_run_on_the_copy_gives_the_local_results(s3, stores, tmp_path, mo
 )
 def test_a_copy_that_is_not_there_is_one_error_line(s3, stores, url, symbol, env, line):
     r = engine(s3, "windows", "--data-dir", url, "--symbol", symbol, "--every", "30s", env=env)
-    assert (r.exit_code, r.output) == (1, line + "\n")
+    assert (r.exit_code, r.output) == (1, line.replace("{endpoint}", s3.endpoint_url) + "\n")
 
 
 def test_an_unreachable_endpoint_is_one_error_line(s3, stores):

@@ -268,8 +268,9 @@ def test_a_failed_upload_is_retried_until_it_succeeds(s3, tape, tmp_path):
             rc, _, log = stop(p)
     assert rc == 0, log
     assert (
-        f"upload to s3://{bucket}/x failed, retried in 0.5 s: bucket '{bucket}' does not exist; "
-        "create it first"
+        f"upload to s3://{bucket}/x failed, retried in 0.5 s: bucket '{bucket}' does not exist "
+        f"at {s3.endpoint_url} (if that is not the S3 server, check --endpoint-url "
+        "(AWS_ENDPOINT_URL)); create it first"
     ) in log
     with s3.filesystem().open_input_stream(f"{bucket}/x/{CLOSED}") as f:
         assert f.read() == (data / CLOSED).read_bytes()

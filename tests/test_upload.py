@@ -300,14 +300,15 @@ def test_a_rerun_without_delete_local_keeps_every_file(s3, tmp_path):
         (
             ["--to", "s3://no-such-bucket/x"],
             {},
-            "Error: bucket 'no-such-bucket' does not exist; create it first",
+            "Error: bucket 'no-such-bucket' does not exist at {endpoint} (if that is not the S3 "
+            "server, check --endpoint-url (AWS_ENDPOINT_URL)); create it first",
         ),
     ],
 )
 def test_bad_input_is_one_error_line(s3, tmp_path, args, env, line):
     small_store(tmp_path)
     r = run(s3, "--data-dir", str(tmp_path), *args, env=env)
-    assert (r.exit_code, r.output) == (1, line + "\n")
+    assert (r.exit_code, r.output) == (1, line.replace("{endpoint}", s3.endpoint_url) + "\n")
 
 
 def test_no_store_is_one_error_line(s3, tmp_path):

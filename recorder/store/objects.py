@@ -43,6 +43,7 @@ __all__ = [
     "bucket_exists",
     "filesystem",
     "is_url",
+    "no_bucket",
     "parse_target",
     "s3_errors",
 ]
@@ -180,6 +181,16 @@ def s3_errors(
             hint = retry
         detail = text.splitlines()[0][:200] if text else type(e).__name__
         raise ObjectStoreError(f"{what}: {hint} ({detail})") from None
+
+
+def no_bucket(target: Target, settings: S3Settings) -> str:
+    """The message for a bucket the endpoint says it does not have. A server that is not
+    S3 at all (a web server, the wrong port) answers the same way, so say where we asked."""
+    where = settings.endpoint_url or "AWS S3"
+    return (
+        f"bucket {target.bucket!r} does not exist at {where} (if that is not the S3 server, "
+        f"check {settings.endpoint_source})"
+    )
 
 
 def bucket_exists(s3: Any, target: Target, settings: S3Settings) -> bool:
