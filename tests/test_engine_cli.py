@@ -345,3 +345,26 @@ def test_engine_sql_says_how_to_get_the_shell(store, monkeypatch):
     assert errors("sql", "--data-dir", str(store)) == (
         'Error: the DuckDB CLI is not installed; `pip install duckdb-cli` (or see https://duckdb.org/docs/installation), or run one query: engine sql "SELECT ..."'
     )
+
+
+def test_engine_keeps_freed_pages_unless_the_user_says_otherwise():
+    """Polars' jemalloc reads _RJEM_MALLOC_CONF once, when Polars loads (Polars puts its own
+    defaults first; later options win): the engine sets it before (engine/__init__.py), and
+    leaves a setting of the user's own alone."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, os; import engine.cli; import polars; "
+        "print(os.environ.get('_RJEM_MALLOC_CONF'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip().endswith(
+        ",background_thread:true,dirty_decay_ms:2000,muzzy_decay_ms:2000"
+    )
+    env["_RJEM_MALLOC_CONF"] = "dirty_decay_ms:0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip().endswith(",dirty_decay_ms:0")
+    assert "dirty_decay_ms:2000" not in out.stdout
