@@ -344,13 +344,13 @@ def score(fmt: str, output: Path | None, **kw: Any) -> None:
       engine score --data-dir data --every 20s --buffer 500 --retrain-every 100
     """
     from engine.output import emit_table
-    from engine.pipeline import flag_rate, load_windows, score_windows
+    from engine.pipeline import flag_rate, load_scored
 
     s = settings(kw)
     _check_output(output)
     _check_grid(s, kw["max_windows"])
     with cliutil.progress() as progress:
-        scored = score_windows(s, load_windows(s, progress), progress)
+        scored = load_scored(s, progress)[1]
     n = int(scored["prediction"].is_not_null().sum())
     click.echo(f"flag rate {flag_rate(scored):.2%} of {n} scored windows", err=True)
     emit_table(scored, fmt, output)
@@ -376,7 +376,7 @@ def horizons(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
       engine horizons --data-dir data --every 20s --horizons 1m,5m,15m,30m
       engine horizons --windows-csv prototype.csv --every 20s --baseline full
     """
-    from engine.pipeline import horizon_report, load_windows, prototype_report, score_windows
+    from engine.pipeline import horizon_report, load_scored, prototype_report
 
     s = settings(kw)
     _check_output(output)
@@ -385,7 +385,7 @@ def horizons(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
     else:
         _check_grid(s, kw["max_windows"])
         with cliutil.progress() as progress:
-            report = horizon_report(s, score_windows(s, load_windows(s, progress), progress))
+            report = horizon_report(s, load_scored(s, progress)[1])
     print_report(report, fmt, output)
 
 
@@ -419,7 +419,7 @@ def evaluate(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
 
     from engine.evaluate import evaluate_csv, evaluate_scored
     from engine.output import emit_table
-    from engine.pipeline import load_windows, score_windows
+    from engine.pipeline import load_scored
 
     s = settings(kw)
     _check_output(output)
@@ -429,7 +429,7 @@ def evaluate(fmt: str, output: Path | None, windows_csv: Path | None, **kw: Any)
         _check_grid(s, kw["max_windows"])
         cliutil.check_writable(s.data_dir / "results", "the ledger's folder", directory=True)
         with cliutil.progress() as progress:
-            ev = evaluate_scored(s, score_windows(s, load_windows(s, progress), progress))
+            ev = evaluate_scored(s, load_scored(s, progress)[1])
     for note in ev.notes:
         click.echo(f"note: {note}", err=True)
     rows = pl.DataFrame(ev.rows, infer_schema_length=None)

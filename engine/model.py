@@ -24,6 +24,7 @@ __all__ = [
     "ModelParams",
     "RefitBatch",
     "WalkForward",
+    "WalkForwardFeed",
     "fit",
     "fit_score",
     "plan_walk_forward",
@@ -283,6 +284,83 @@ def scored_windows(
         prediction=pl.when(hit).then(pl.Series(spread(pred, 0), dtype=pl.Int8)),
         refit=pl.when(hit).then(pl.Series(spread(refit, -1), dtype=pl.Int64)),
     )
+
+
+class WalkForwardFeed:
+    """The walk-forward fed windows while they are being built (``build_windows``'s
+    ``on_final``): each refit is started, in ``jobs`` threads, as soon as the windows it
+    reads exist, so the refits fill the cores the build leaves idle. ``isotree`` only (its
+    C++ releases the GIL). Each refit reads only its own rows, so the scores are those of
+    ``walk_forward`` on the finished table, bit for bit.
+
+    ``add`` the windows in time order with their gaps final, then ``finish`` with the whole
+    table; ``close`` (also on error) stops what has not started."""
+
+    BATCH = 20  # refits per task: ~0.1 s of work, so both threads stay busy to the end
+
+    def __init__(
+        self, p: ModelParams, jobs: int = 2, progress: Callable[[int, int], None] | None = None
+    ):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if p.backend != "isotree":
+            raise ValueError("the feed runs refits in threads: isotree only")
+        self.p = p
+        self.x = np.empty((1024, len(p.features)))
+        self.n = 0  # scoreable windows so far
+        self.k = 0  # the next refit to start
+        self.pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="tw-refit")
+        self.futures: list[Any] = []
+        self.progress = progress
+
+    def add(self, windows: pl.DataFrame) -> None:
+        """The next windows in time order, ``gap`` final; starts every refit they complete."""
+        rows = windows.select(pl.col(self.p.features).filter(scoreable())).to_numpy()
+        if self.n + len(rows) > len(self.x):  # grow by doubling; started refits keep views
+            grown = np.empty((max(2 * len(self.x), self.n + len(rows)), self.x.shape[1]))
+            grown[: self.n] = self.x[: self.n]
+            self.x = grown
+        self.x[self.n : self.n + len(rows)] = rows
+        self.n += len(rows)
+        self._start(last=False)
+
+    def _start(self, last: bool) -> None:
+        """Start the refits whose rows are all here (``last``: the rest, the final one short),
+        as ``refit_plan`` numbers them for the final count."""
+        p = self.p
+        ready = []
+        while (s := p.buffer + self.k * p.retrain_every) < self.n:
+            if s + p.retrain_every > self.n and not last:
+                break
+            ready.append((self.k, s - p.buffer, s, min(self.n, s + p.retrain_every)))
+            self.k += 1
+        for i in range(0, len(ready), self.BATCH):
+            b = ready[i : i + self.BATCH]
+            x = self.x[b[0][1] : b[-1][3]]
+            self.futures.append((len(b), self.pool.submit(_batch, x, b[0][1], b, p)))
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress:
+            done = sum(n for n, f in self.futures if f.done())
+            self.progress(done, sum(n for n, _ in self.futures))
+
+    def finish(self, windows: pl.DataFrame) -> pl.DataFrame:
+        """``windows`` (the finished table) scored as ``walk_forward`` scores it."""
+        ok = windows.select(scoreable()).to_series()
+        if int(ok.sum()) != self.n:  # would misplace every score: a bug, not bad data
+            raise RuntimeError(f"fed {self.n} scoreable windows, the table has {ok.sum()}")
+        if self.n <= self.p.buffer:
+            plan_walk_forward(windows, self.p, 1)  # raises its InputError
+        self._start(last=True)
+        results = []
+        for _, f in self.futures:
+            results.append(f.result())
+            self._report()
+        return scored_windows(windows, WalkForward(ok, self.n, []), results)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def walk_forward(

@@ -26,7 +26,7 @@ from engine.horizons import (
     group_windows,
     horizons_for,
 )
-from engine.model import ModelParams, walk_forward
+from engine.model import ModelParams, WalkForwardFeed, walk_forward
 from engine.results import HorizonTable
 from engine.scan import StoreIndex, open_store
 from engine.windows import build_windows, build_windows_with
@@ -37,6 +37,7 @@ __all__ = [
     "SizeTask",
     "flag_rate",
     "horizon_report",
+    "load_scored",
     "load_windows",
     "prototype_report",
     "run",
@@ -107,6 +108,29 @@ def load_windows(s: Settings, progress: Progress = _quiet) -> pl.DataFrame:
 
 def score_windows(s: Settings, windows: pl.DataFrame, progress: Progress = _quiet) -> pl.DataFrame:
     return walk_forward(windows, s.model, s.jobs, lambda d, t: progress("refits", d, t))
+
+
+def load_scored(s: Settings, progress: Progress = _quiet) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(windows, scored windows): ``load_windows`` then ``score_windows``, the same tables.
+    With ``isotree`` the refits start while the windows are still being built (each as soon
+    as the windows it reads are final), so they use the cores the scan leaves idle."""
+    if s.model.backend != "isotree":
+        windows = load_windows(s, progress)
+        return windows, score_windows(s, windows, progress)
+    feed = WalkForwardFeed(s.model, s.jobs, lambda d, t: progress("refits", d, t))
+    try:
+        index = open_store(s.store, s.symbol)
+        windows = build_windows(
+            index,
+            [s.every_ms],
+            s.start_ms,
+            s.end_ms,
+            lambda d, t: progress("scan", d, t),
+            on_final=feed.add,
+        )[s.every_ms]
+        return windows, feed.finish(windows)
+    finally:
+        feed.close()
 
 
 def flag_rate(scored: pl.DataFrame) -> float:
@@ -186,8 +210,7 @@ def run(
     with the evaluation's inputs to a test pooled over symbols (``engine.pooled``)."""
     t0 = time.monotonic()
     out = results or results_dir_for(s)
-    windows = load_windows(s, progress)
-    scored = score_windows(s, windows, progress)
+    windows, scored = load_scored(s, progress)
     report = horizon_report(s, scored)
     from engine.evaluate import evaluate_scored
 

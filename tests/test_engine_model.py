@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import orjson
 import polars as pl
 import pytest
 from synth import tape, write_store
@@ -180,3 +181,65 @@ def test_isotree_agrees_with_scikit_learn(simulated):
     same = (fast.filter(ok)["prediction"] == ref.filter(ok)["prediction"]).mean()
     rho = spearmanr(fast.filter(ok)["score"], ref.filter(ok)["score"]).statistic
     assert same >= 0.96 and rho >= 0.95, (same, rho)
+
+
+def _gappy_store(root) -> None:
+    """Three days and a half with: ids missing inside day 1, ids missing across the midnight
+    before day 2 (the two chunks' last and first trades), day 3 without a trade (so the
+    jump before day 4 is only known two chunks later), and a recorded gap in day 0."""
+    day = 86_400_000
+    t = tape(T0, 3.5 * 86_400, 0.05, seed=11)
+    ms = pl.col("trade_time").dt.epoch("ms")
+    t = t.filter(~((ms >= T0 + 3 * day) & (ms < T0 + 3 * day + day)))  # day 3: nothing
+    t = t.with_columns(trade_id=pl.int_range(1, t.height + 1, dtype=pl.Int64))
+    inside = t.filter(ms >= T0 + day + day // 2)["trade_id"][0]
+    across = t.filter(ms >= T0 + 2 * day)["trade_id"][0]
+    drop = [*range(inside, inside + 5), across - 2, across - 1, across, across + 1]
+    write_store(root, "SIMUSDT", t.filter(~pl.col("trade_id").is_in(drop)))
+    (root / "gaps").mkdir()
+    (root / "gaps" / "gaps.ndjson").write_bytes(
+        orjson.dumps(
+            {
+                "symbol": "SIMUSDT",
+                "first_id": 10**9,
+                "last_id": 10**9,
+                "after_time": T0 + 3_000_000,
+                "before_time": T0 + 3_700_000,
+                "reason": "REST unavailable",
+                "recorded_at": 0,
+            }
+        )
+        + b"\n"
+    )
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("every", [60_000, 7_000])  # 7 s does not divide a day: carried
+def test_scores_fed_during_the_scan_equal_the_batch(tmp_path, jobs, every):
+    """``load_scored`` starts refits while the windows are built: the same windows and the
+    same scores, bit for bit, as building the table and then scoring it."""
+    from engine.pipeline import Settings, load_scored, load_windows, score_windows
+
+    _gappy_store(tmp_path)
+    q = replace(P, buffer=100, retrain_every=30)
+    s = Settings(tmp_path, "SIMUSDT", every_ms=every, model=q, jobs=jobs)
+    windows = load_windows(s)
+    assert windows["gap"].sum() > 10  # every kind of gap is in there
+    seen: list[tuple[str, int, int]] = []
+    fed, scored = load_scored(s, lambda stage, done, total: seen.append((stage, done, total)))
+    assert fed.equals(windows)
+    assert scored.equals(score_windows(s, windows))
+    assert scored["refit"].max() > 20
+    refits = [(d, t) for stage, d, t in seen if stage == "refits"]
+    assert refits[-1] == (scored["refit"].max() + 1,) * 2
+    stages = [stage for stage, _, _ in seen]
+    assert stages.index("refits") < len(stages) - 1 - stages[::-1].index("scan")  # started early
+
+
+def test_scores_fed_during_the_scan_fail_as_the_batch(tmp_path):
+    from engine.pipeline import Settings, load_scored
+
+    write_store(tmp_path, "SIMUSDT", tape(T0, 600, 1, seed=3))
+    s = Settings(tmp_path, "SIMUSDT", every_ms=10_000, model=ModelParams(buffer=5000))
+    with pytest.raises(InputError, match="fewer windows than the buffer"):
+        load_scored(s)

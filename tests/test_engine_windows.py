@@ -19,7 +19,7 @@ from synth import tape, write_store
 
 from engine.scan import open_store
 from engine.sqlviews import connect
-from engine.windows import build_windows, window_features
+from engine.windows import build_windows, id_gaps, window_features
 from recorder.store import layout
 
 DAY = 86_400_000
@@ -96,6 +96,23 @@ def test_empty_windows_are_present_and_gaps_flagged(tmp_path):
     after = ids.filter(pl.col("trade_id") == 120)["ms"][0]
     flagged = w.filter("gap")["window_start"].dt.epoch("ms").to_list()
     assert flagged == list(range(before // 10_000 * 10_000, after // 10_000 * 10_000 + 1, 10_000))
+
+
+def test_id_gaps_between_and_within_chunks():
+    """Each jump in the ids is a gap from the last trade before it to the first after it,
+    including one from the previous chunk's last trade; repeated or consecutive ids are not."""
+    ids = [10, 11, 15, 16, 16, 20]
+    t = pl.DataFrame(
+        {
+            "trade_id": ids,
+            "trade_time": [T0 + 1000 * i for i in range(len(ids))],
+        }
+    ).with_columns(pl.col("trade_time").cast(pl.Datetime("ms")).cast(pl.Datetime("us", "UTC")))
+    assert id_gaps(t, None) == [(T0 + 1000, T0 + 2000), (T0 + 4000, T0 + 5000)]
+    assert id_gaps(t, (9, T0 - 5)) == id_gaps(t, None)
+    assert id_gaps(t, (7, T0 - 5)) == [(T0 - 5, T0), *id_gaps(t, None)]
+    assert id_gaps(t.head(2), (9, T0 - 5)) == []
+    assert id_gaps(t.head(0), (1, T0)) == []
 
 
 def test_recorded_gaps_flag_windows(tmp_path):
