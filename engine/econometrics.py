@@ -173,7 +173,7 @@ def rotation_spectrum(flags: np.ndarray) -> np.ndarray:
     outcomes are rotated against the same flags)."""
     from scipy import fft
 
-    return fft.rfft(flags.astype(np.float64), axis=0)
+    return fft.rfft(flags.astype(np.float64), axis=0, workers=-1)  # columns in parallel
 
 
 def rotation_stats(
@@ -190,7 +190,7 @@ def rotation_stats(
     n = len(y_res)
     fy = fft.rfft(y_res)
     ff = rotation_spectrum(flags) if spectrum is None else spectrum
-    return fft.irfft(fy[:, None] * np.conj(ff), n, axis=0)
+    return fft.irfft(fy[:, None] * np.conj(ff), n, axis=0, workers=-1)
 
 
 def rotation_p(stats: np.ndarray, min_shift: int) -> tuple[float | None, int]:
