@@ -2,7 +2,7 @@
 
 Builds (once, cached under --work) a synthetic store of ``--days`` days at ``--rate`` trades a
 day (the same store as ``engine_bench.py``: 365 days x 4 M trades is ~1.46 billion trades,
-~22 GB of Parquet hour files), then, in one run and on the same files:
+~16 GB of Parquet hour files), then, in one run and on the same files:
 
 - the floor: a bare DuckDB scan summing the five columns the windows read;
 - ``engine run`` with the defaults (20 s windows, walk-forward model, horizons with 1,000
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from _measure import run_measured  # noqa: E402
-from engine_bench import T0, build  # noqa: E402
+from engine_bench import T0, build, store_dir  # noqa: E402
 
 COLUMNS = "trade_id, epoch_ms(trade_time), price, qty, is_buyer_maker::INT"
 
@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/tapewatch-bench"))
     ap.add_argument("--steps", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    store = args.work / f"store-{args.rate}"
+    store = store_dir(args.work, args.rate)
     if args.steps:
         steps(store, args.days)
         return

@@ -12,8 +12,16 @@ from recorder.store import init_store, layout
 from recorder.store.schema import PARQUET_SCHEMA
 
 
-def tape(start_ms: int, seconds: float, rate: float, seed: int, first_id: int = 1) -> pl.DataFrame:
-    """Trades with bursty arrivals, a tick-grid random-walk price and lognormal sizes."""
+def tape(
+    start_ms: int,
+    seconds: float,
+    rate: float,
+    seed: int,
+    first_id: int = 1,
+    qty_decimals: int = 8,
+) -> pl.DataFrame:
+    """Trades with bursty arrivals, a tick-grid random-walk price and lognormal sizes, to
+    ``qty_decimals`` places (BTCUSDT's lot step is 0.00001: 5)."""
     rng = np.random.default_rng(seed)
     n = rng.poisson(rate * seconds)
     # Bursts: a quarter of the trades crowd into short clusters.
@@ -25,7 +33,7 @@ def tape(start_ms: int, seconds: float, rate: float, seed: int, first_id: int = 
     )
     t = np.sort(np.clip(base, 0, seconds * 1000 - 1)).astype(np.int64) + start_ms
     price = np.round(60000 + np.cumsum(rng.choice([-1, 0, 0, 1], n)) * 0.01, 2)
-    qty = np.round(rng.lognormal(-6, 1.5, n), 8)
+    qty = np.round(rng.lognormal(-6, 1.5, n), qty_decimals)
     return pl.DataFrame(
         {
             "trade_id": np.arange(first_id, first_id + n, dtype=np.int64),
