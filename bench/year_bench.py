@@ -6,8 +6,9 @@ day (the same store as ``engine_bench.py``: 365 days x 4 M trades is ~1.46 billi
 
 - the floor: a bare DuckDB scan summing the five columns the windows read;
 - ``engine run`` with the defaults (20 s windows, walk-forward model, horizons with 1,000
-  bootstrap replicates, the verdict, plots) as its own process: wall time and peak RSS of the
-  whole process tree (the refit workers included);
+  bootstrap replicates, the verdict, plots) as its own process, ``--runs`` times (default 3:
+  runs on this machine vary by up to ~8 %), each run's wall time and peak RSS of the whole
+  process tree, and the median;
 - each step alone, in one process, timed in turn: windows, walk-forward, horizons, evaluate.
 
     python bench/year_bench.py --days 365 --work /tmp/tapewatch-bench
@@ -84,25 +85,9 @@ def steps(store: Path, days: int) -> None:
     print(f"steps peak RSS (this process) {peak:,.0f} MB", flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--days", type=int, default=365)
-    ap.add_argument("--rate", type=int, default=4_000_000, help="trades per day")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/tapewatch-bench"))
-    ap.add_argument("--steps", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    store = store_dir(args.work, args.rate)
-    if args.steps:
-        steps(store, args.days)
-        return
-    t = time.perf_counter()
-    build(args.work, args.days, args.rate)
-    print(
-        f"store: {args.days} days x {args.rate:,} trades/day ready in {time.perf_counter() - t:.0f} s"
-    )
-    print(f"floor: bare DuckDB scan {bare_scan(store, args.days):.2f} s")
+def _engine_run(store: Path, days: int) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB, the process tree) of one `engine run` with the defaults
+    over ``days`` days, as its own process, into a results folder thrown away after."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable,
@@ -116,12 +101,49 @@ def main() -> None:
             "--start",
             end_iso(0),
             "--end",
-            end_iso(args.days),
+            end_iso(days),
             "--results",
             str(Path(tmp) / "run"),
         ]
-        wall, rss = run_measured(cmd, tree=True)
-    print(f"engine run: {wall:.1f} s, peak RSS {rss:,.0f} MB (process tree)")
+        return run_measured(cmd, tree=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--days", type=int, default=365)
+    ap.add_argument("--rate", type=int, default=4_000_000, help="trades per day")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/tapewatch-bench"))
+    ap.add_argument(
+        "--runs", type=int, default=3, help="engine runs (the median is reported; default 3)"
+    )
+    ap.add_argument("--steps", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    store = store_dir(args.work, args.rate)
+    if args.steps:
+        steps(store, args.days)
+        return
+    t = time.perf_counter()
+    build(args.work, args.days, args.rate)
+    print(
+        f"store: {args.days} days x {args.rate:,} trades/day ready in {time.perf_counter() - t:.0f} s"
+    )
+    print(f"floor: bare DuckDB scan {bare_scan(store, args.days):.2f} s")
+    walls = []
+    for i in range(args.runs):
+        wall, rss = _engine_run(store, args.days)
+        walls.append(wall)
+        print(
+            f"engine run {i + 1}: {wall:.1f} s, peak RSS {rss:,.0f} MB (process tree)", flush=True
+        )
+    if len(walls) > 1:
+        walls.sort()
+        print(
+            f"engine run: median {walls[len(walls) // 2]:.1f} s of {len(walls)} "
+            f"(from {walls[0]:.1f} to {walls[-1]:.1f} s)",
+            flush=True,
+        )
     wall, rss = run_measured(
         [
             sys.executable,

@@ -160,16 +160,24 @@ def test_evaluate_bench_smoke():
 
 def test_year_bench_smoke(tmp_path):
     lines = run_bench(
-        "bench/year_bench.py", "--days", "1", "--rate", "20000", "--work", str(tmp_path)
+        "bench/year_bench.py",
+        *("--days", "1", "--rate", "20000", "--runs", "2", "--work", str(tmp_path)),
     )
     assert re.fullmatch(r"store: 1 days x 20,000 trades/day ready in \d+ s", lines[0])
     assert re.fullmatch(r"floor: bare DuckDB scan [\d.]+ s", lines[1])
-    assert re.fullmatch(r"engine run: [\d.]+ s, peak RSS [\d,]+ MB \(process tree\)", lines[2])
-    assert lines[3].startswith("step windows ") and lines[3].endswith(" s (4,320 windows)")
-    steps = [ln.split()[1] for ln in lines[3:7]]
+    for i in (1, 2):
+        assert re.fullmatch(
+            rf"engine run {i}: [\d.]+ s, peak RSS [\d,]+ MB \(process tree\)", lines[1 + i]
+        )
+    walls = sorted(float(ln.split()[3]) for ln in lines[2:4])
+    assert lines[4] == (
+        f"engine run: median {walls[1]:.1f} s of 2 (from {walls[0]:.1f} to {walls[1]:.1f} s)"
+    )
+    assert lines[5].startswith("step windows ") and lines[5].endswith(" s (4,320 windows)")
+    steps = [ln.split()[1] for ln in lines[5:9]]
     assert steps == ["windows", "walk-forward", "horizons", "evaluate"]
     assert re.fullmatch(
-        r"steps alone: [\d.]+ s in all, peak RSS [\d,]+ MB \(process tree\)", lines[8]
+        r"steps alone: [\d.]+ s in all, peak RSS [\d,]+ MB \(process tree\)", lines[10]
     )
 
 
