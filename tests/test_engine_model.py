@@ -243,3 +243,35 @@ def test_scores_fed_during_the_scan_fail_as_the_batch(tmp_path):
     s = Settings(tmp_path, "SIMUSDT", every_ms=10_000, model=ModelParams(buffer=5000))
     with pytest.raises(InputError, match="fewer windows than the buffer"):
         load_scored(s)
+
+
+def test_a_failing_refit_fails_the_run_and_stops_the_feed(tmp_path, windows):
+    """A window feature that is not finite fails its refit: ``load_scored`` raises the
+    refit's error, and the feed raises it at the next ``add`` once the refit has failed
+    (the scan stops there, not at its end)."""
+    from concurrent.futures import wait
+
+    from engine.model import WalkForwardFeed
+    from engine.pipeline import Settings, load_scored
+
+    t = tape(T0, 2 * 86_400, 0.05, seed=4)
+    bad = t["trade_id"][len(t) // 4]
+    t = t.with_columns(
+        qty=pl.when(pl.col("trade_id") == bad).then(float("inf")).otherwise(pl.col("qty"))
+    )
+    write_store(tmp_path, "SIMUSDT", t)
+    s = Settings(tmp_path, "SIMUSDT", every_ms=60_000, model=replace(P, buffer=100))
+    with pytest.raises(DataError, match="a window feature is NaN or infinite"):
+        load_scored(s)
+
+    broken = windows.with_columns(
+        volume=pl.when(pl.int_range(pl.len()) == 100).then(float("nan")).otherwise("volume")
+    )
+    feed = WalkForwardFeed(P, jobs=2)
+    try:
+        feed.add(broken.head(200))
+        wait([f for _, f in feed.futures])
+        with pytest.raises(DataError, match="a window feature is NaN or infinite"):
+            feed.add(broken.slice(200, 10))
+    finally:
+        feed.close()
