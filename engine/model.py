@@ -323,8 +323,8 @@ class WalkForwardFeed:
         self.x[self.n : self.n + len(rows)] = rows
         self.n += len(rows)
         for _, f in self.futures:  # a refit that failed stops the scan now, not at its end
-            if f.done() and f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
+            if f.done() and (error := f.exception()) is not None:
+                raise error
         self._start(last=False)
 
     def _start(self, last: bool) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import orjson
 import polars as pl
 
 from recorder.store import init_store, layout
@@ -62,6 +63,22 @@ def write_store(root: Path, symbol: str, trades: pl.DataFrame) -> None:
         d = layout.hour_dir(root, symbol, int(hour))
         d.mkdir(parents=True, exist_ok=True)
         part.drop("_h").sort("trade_id").write_parquet(d / layout.PARQUET)
+
+
+def write_recorded_gap(root: Path, symbol: str, after_ms: int, before_ms: int) -> None:
+    """A gap the recorder could not fetch, in ``gaps/gaps.ndjson`` as the recorder logs it."""
+    (root / "gaps").mkdir(exist_ok=True)
+    line = {
+        "symbol": symbol,
+        "first_id": 10**9,
+        "last_id": 10**9,
+        "after_time": after_ms,
+        "before_time": before_ms,
+        "reason": "REST unavailable",
+        "recorded_at": 0,
+    }
+    with open(root / "gaps" / "gaps.ndjson", "ab") as f:
+        f.write(orjson.dumps(line) + b"\n")
 
 
 def window_frame(

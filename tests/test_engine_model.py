@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import orjson
 import polars as pl
 import pytest
-from synth import tape, write_store
+from synth import tape, write_recorded_gap, write_store
 
 from engine.errors import DataError, InputError
 from engine.model import BACKENDS, ModelParams, fit, fit_score, refit_plan, walk_forward
@@ -196,21 +195,7 @@ def _gappy_store(root) -> None:
     across = t.filter(ms >= T0 + 2 * day)["trade_id"][0]
     drop = [*range(inside, inside + 5), across - 2, across - 1, across, across + 1]
     write_store(root, "SIMUSDT", t.filter(~pl.col("trade_id").is_in(drop)))
-    (root / "gaps").mkdir()
-    (root / "gaps" / "gaps.ndjson").write_bytes(
-        orjson.dumps(
-            {
-                "symbol": "SIMUSDT",
-                "first_id": 10**9,
-                "last_id": 10**9,
-                "after_time": T0 + 3_000_000,
-                "before_time": T0 + 3_700_000,
-                "reason": "REST unavailable",
-                "recorded_at": 0,
-            }
-        )
-        + b"\n"
-    )
+    write_recorded_gap(root, "SIMUSDT", T0 + 3_000_000, T0 + 3_700_000)
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -15,7 +15,7 @@ import pytest
 from conftest import stored_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from synth import tape, write_store
+from synth import tape, write_recorded_gap, write_store
 
 from engine.scan import open_store
 from engine.sqlviews import connect
@@ -117,21 +117,7 @@ def test_id_gaps_between_and_within_chunks():
 
 def test_recorded_gaps_flag_windows(tmp_path):
     write_store(tmp_path, "SIMUSDT", tape(T0, 120, 5, seed=2))
-    (tmp_path / "gaps").mkdir()
-    (tmp_path / "gaps" / "gaps.ndjson").write_bytes(
-        orjson.dumps(
-            {
-                "symbol": "SIMUSDT",
-                "first_id": 10**9,
-                "last_id": 10**9,
-                "after_time": T0 + 45_000,
-                "before_time": T0 + 61_000,
-                "reason": "REST unavailable",
-                "recorded_at": 0,
-            }
-        )
-        + b"\n"
-    )
+    write_recorded_gap(tmp_path, "SIMUSDT", T0 + 45_000, T0 + 61_000)
     w = build_windows(open_store(tmp_path, "SIMUSDT"), [20_000])[20_000]
     assert w.filter("gap")["window_start"].dt.epoch("ms").to_list() == [T0 + 40_000, T0 + 60_000]
 

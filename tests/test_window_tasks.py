@@ -7,13 +7,12 @@ import itertools
 import pickle
 from pathlib import Path
 
-import orjson
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
-from synth import tape, write_store
+from synth import tape, write_recorded_gap, write_store
 
 from engine.executors import LocalExecutor
 from engine.scan import open_store
@@ -67,21 +66,7 @@ def store(tmp_path_factory) -> Path:
         .filter(~ms.is_between(ACROSS_MIDNIGHT - 90_000, ACROSS_MIDNIGHT + 90_000, closed="left"))
     )
     write_store(root, "SIMUSDT", t)
-    (root / "gaps").mkdir()
-    (root / "gaps" / "gaps.ndjson").write_bytes(
-        orjson.dumps(
-            {
-                "symbol": "SIMUSDT",
-                "first_id": 10**9,
-                "last_id": 10**9,
-                "after_time": RECORDED[0],
-                "before_time": RECORDED[1],
-                "reason": "REST unavailable",
-                "recorded_at": 0,
-            }
-        )
-        + b"\n"
-    )
+    write_recorded_gap(root, "SIMUSDT", *RECORDED)
     return root
 
 
