@@ -252,7 +252,8 @@ def _adjustment_rows(
             buffer = np.empty(len(r) * width)
             scratch = np.empty(len(r) * edges.size, dtype=bool)
         out = buffer[: len(r) * width].reshape(len(r), width)
-        xr = x[r]
+        # The sample's rows mostly run without a break: then a view, not a gathered copy.
+        xr = x[r[0] : r[-1] + 1] if len(r) and r[-1] - r[0] == len(r) - 1 else x[r]
         out[:, :n_base] = xr[:, :n_base]
         steps = scratch[: len(r) * edges.size].reshape(len(r), *edges.shape)
         quantile_steps(xr[:, plain], edges, out=out[:, n_base:], scratch=steps)
