@@ -25,12 +25,13 @@ YEAR_WINDOWS = 365 * 86400 // 20
 
 
 def store_dir(work: Path, rate: int) -> Path:
-    """The store ``build`` makes: ``-lot`` since its sizes are on BTCUSDT's 0.00001 lot step,
-    as every one of the 23,048 real trades in tests/data is. The earlier store
-    (``store-RATE``) had sizes to 8 random places: all distinct, a Parquet column that does
-    not compress, and a year of 23 GB (~16 bytes a trade) that the page cache of a 24 GB
-    machine cannot hold."""
-    return work / f"store-{rate}-lot"
+    """The store ``build`` makes: sizes on BTCUSDT's 0.00001 lot step, as every one of the
+    23,048 real trades in tests/data is, and files written as compaction writes them (ids and
+    times delta-encoded: ``recorder.store.schema.PARQUET_WRITE``), hence ``-lot-delta``. The
+    earlier stores: ``store-RATE`` (sizes to 8 random places, all distinct; a year of 23 GB
+    that the page cache of a 24 GB machine cannot hold) and ``store-RATE-lot`` (written plain,
+    as Polars writes: a year of 16 GB)."""
+    return work / f"store-{rate}-lot-delta"
 
 
 def build(work: Path, days: int, rate: int) -> Path:

@@ -10,7 +10,7 @@ import orjson
 import polars as pl
 
 from recorder.store import init_store, layout
-from recorder.store.schema import PARQUET_SCHEMA
+from recorder.store.schema import PARQUET_SCHEMA, write_parquet
 
 
 def tape(
@@ -62,7 +62,7 @@ def write_store(root: Path, symbol: str, trades: pl.DataFrame) -> None:
     for (hour,), part in hours.group_by("_h"):
         d = layout.hour_dir(root, symbol, int(hour))
         d.mkdir(parents=True, exist_ok=True)
-        part.drop("_h").sort("trade_id").write_parquet(d / layout.PARQUET)
+        write_parquet(part.drop("_h").sort("trade_id"), d / layout.PARQUET)
 
 
 def write_recorded_gap(root: Path, symbol: str, after_ms: int, before_ms: int) -> None:

@@ -60,7 +60,7 @@ from recorder.store.files import (
     list_day,
     parquet_problem,
 )
-from recorder.store.schema import PARQUET_SCHEMA, merge_rows
+from recorder.store.schema import ARROW_SCHEMA, PARQUET_SCHEMA, PARQUET_WRITE, merge_rows
 
 __all__ = ["ROW_GROUP_ROWS", "DayMerge", "day_rows", "merge_day"]
 
@@ -69,12 +69,6 @@ log = logging.getLogger("recorder")
 ROW_GROUP_ROWS = 262_144  # most rows in one row group of a day file (an hour may need more)
 
 _EMPTY = pl.DataFrame(schema=PARQUET_SCHEMA)
-_ARROW_SCHEMA = _EMPTY.to_arrow().schema
-# Ids and times grow by small steps, so they are delta-encoded (every Parquet reader knows
-# the encoding); columns of few distinct values get dictionaries. A synthetic day of 430,000
-# trades: 6.4 MB, against 11.6 MB with dictionaries everywhere and 7.3 MB as Polars writes it.
-_DELTA = {c: "DELTA_BINARY_PACKED" for c in ("trade_id", "trade_time", "event_time", "recv_time")}
-_DICTIONARY = [c for c in PARQUET_SCHEMA if c not in _DELTA and c != "qty"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,17 +148,10 @@ def _hours_of(files: DayFiles, day: int, changed: list[bool]) -> Iterator[pl.Dat
 def _write(tmp: Path, batches: Iterator[pl.DataFrame], hours: list[int]) -> list[tuple[int, int]]:
     """Batches (each sorted by id) as row groups of at most ROW_GROUP_ROWS; digests of each.
     _Unordered if a batch's first id is not above the previous batch's last."""
-    schema = _ARROW_SCHEMA.with_metadata({DAY_HOURS_KEY: orjson.dumps(hours)})
+    schema = ARROW_SCHEMA.with_metadata({DAY_HOURS_KEY: orjson.dumps(hours)})
     digests: list[tuple[int, int]] = []
     last: int | None = None
-    with pq.ParquetWriter(
-        tmp,
-        schema,
-        compression="zstd",
-        compression_level=10,
-        use_dictionary=_DICTIONARY,
-        column_encoding=_DELTA,
-    ) as out:
+    with pq.ParquetWriter(tmp, schema, **PARQUET_WRITE) as out:
         for batch in batches:
             if not batch.height:
                 continue

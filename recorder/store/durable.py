@@ -24,6 +24,7 @@ import polars as pl
 
 from recorder.errors import CompactionError, StoreError
 from recorder.store import layout
+from recorder.store.schema import write_parquet
 
 __all__ = [
     "atomic_write",
@@ -145,7 +146,7 @@ def write_parquet_atomic(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        table.write_parquet(tmp, compression="zstd", compression_level=10, statistics=True)
+        write_parquet(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if root is not None and target.exists():

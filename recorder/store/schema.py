@@ -21,17 +21,22 @@ One row per trade, key ``(symbol, trade_id)``; ``symbol`` comes from the Hive pa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 __all__ = [
+    "ARROW_SCHEMA",
     "FIELDS",
     "LINE_SCHEMA",
     "PARQUET_SCHEMA",
+    "PARQUET_WRITE",
     "SOURCE_RANK",
     "lines_to_table",
     "merge_rows",
+    "write_parquet",
 ]
 
 _US = pl.Datetime("us", "UTC")
@@ -52,6 +57,29 @@ PARQUET_SCHEMA: dict[str, pl.DataType] = {
     "event_type": pl.String(),
     "extra": pl.String(),
 }
+
+ARROW_SCHEMA = pl.DataFrame(schema=PARQUET_SCHEMA).to_arrow().schema
+
+# How every Parquet file of the store is written (hour files, day files, imports). Ids and
+# times grow by small steps, so they are delta-encoded (every Parquet reader knows the
+# encoding); columns of few distinct values get dictionaries; sizes stay plain (too many
+# distinct values for a dictionary to pay). A synthetic BTCUSDT-scale day (4 M trades on the
+# 0.00001 lot step): 31.6 MB against 45.2 MB written plain, as Polars writes it, and Polars
+# reads the window builder's five columns back in 61 CPU-ms against 125 (DuckDB 120 against
+# 187): the read is most of a year's rerun.
+_DELTA = ("trade_id", "trade_time", "event_time", "recv_time")
+PARQUET_WRITE: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 10,
+    "column_encoding": dict.fromkeys(_DELTA, "DELTA_BINARY_PACKED"),
+    "use_dictionary": [c for c in PARQUET_SCHEMA if c not in _DELTA and c != "qty"],
+}
+
+
+def write_parquet(table: pl.DataFrame, path: Path) -> None:
+    """``table`` (the store's columns) as one Parquet file, written as ``PARQUET_WRITE`` says."""
+    pq.write_table(table.to_arrow().cast(ARROW_SCHEMA), path, **PARQUET_WRITE)
+
 
 # The one mapping of a line onto the columns: column -> (field of a stream frame's ``data``,
 # field of a REST trade); None where that source has no such field. lines_to_table reads

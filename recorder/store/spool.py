@@ -31,15 +31,12 @@ from recorder.store import layout
 from recorder.store.days import day_rows
 from recorder.store.durable import changing, fsync_dir
 from recorder.store.files import hour_files, parquet_problem, read_ndjson
-from recorder.store.schema import PARQUET_SCHEMA, merge_rows
+from recorder.store.schema import ARROW_SCHEMA, PARQUET_SCHEMA, PARQUET_WRITE, merge_rows
 
 __all__ = ["BATCH_ROWS", "FAN_IN", "HourSpool"]
 
 
 _EMPTY = pl.DataFrame(schema=PARQUET_SCHEMA)
-
-
-_ARROW_SCHEMA = _EMPTY.to_arrow().schema
 
 
 FAN_IN = 16  # sorted runs merged at once; more are first merged in groups of this many
@@ -111,11 +108,9 @@ class _Writer:
         self.path, self.rows = path, rows
         # A spilled run is read once, soon: fast compression, no read-back check.
         self.spill = spill
+        fast = {"compression": "lz4", "compression_level": None}
         self._out = pq.ParquetWriter(
-            path,
-            _ARROW_SCHEMA,
-            compression="lz4" if spill else "zstd",
-            compression_level=None if spill else 10,
+            path, ARROW_SCHEMA, **(PARQUET_WRITE | fast if spill else PARQUET_WRITE)
         )
         self._buf: list[pl.DataFrame] = []
         self.buffered = 0
@@ -130,7 +125,7 @@ class _Writer:
     def _flush(self, n: int) -> None:
         buf = pl.concat(self._buf)
         group, rest = buf.head(n), buf.slice(n)
-        self._out.write_table(group.to_arrow().cast(_ARROW_SCHEMA), row_group_size=n)
+        self._out.write_table(group.to_arrow().cast(ARROW_SCHEMA), row_group_size=n)
         if not self.spill:
             self.digests.append(_digest(group))
         self._buf, self.buffered = ([rest] if rest.height else []), rest.height
