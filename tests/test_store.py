@@ -237,3 +237,20 @@ def test_hour_files_are_written_delta_and_dictionary_encoded(tmp_path, frames_20
     assert view_query(tmp_path, "SELECT count(*), sum(trade_id) FROM trades") == [
         (19904, pl.Series([orjson.loads(f)["data"]["t"] for f in frames_2024]).sum())
     ]
+
+
+def test_a_busy_hour_is_written_in_row_groups_of_262144(tmp_path):
+    """A whole-file write cuts row groups as imports and day files do, not pyarrow's million:
+    readers can split a busy hour between threads and skip groups by their statistics."""
+    import pyarrow.parquet as pq
+    from synth import tape
+
+    from recorder.store.durable import write_parquet_atomic
+
+    trades = tape(1_735_689_600_000, 3600, 300_000 / 3600, seed=3).sort("trade_id")
+    final = tmp_path / "trades.parquet"
+    write_parquet_atomic(trades, final)
+    meta = pq.ParquetFile(final).metadata
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    assert sizes == [262_144, trades.height - 262_144]
+    assert pl.read_parquet(final).equals(trades)

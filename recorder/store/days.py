@@ -60,13 +60,18 @@ from recorder.store.files import (
     list_day,
     parquet_problem,
 )
-from recorder.store.schema import ARROW_SCHEMA, PARQUET_SCHEMA, PARQUET_WRITE, merge_rows
+from recorder.store.schema import (
+    ARROW_SCHEMA,
+    PARQUET_SCHEMA,
+    PARQUET_WRITE,
+    ROW_GROUP_ROWS,
+    merge_rows,
+)
 
 __all__ = ["ROW_GROUP_ROWS", "DayMerge", "day_rows", "merge_day"]
 
 log = logging.getLogger("recorder")
 
-ROW_GROUP_ROWS = 262_144  # most rows in one row group of a day file (an hour may need more)
 
 _EMPTY = pl.DataFrame(schema=PARQUET_SCHEMA)
 

@@ -33,6 +33,7 @@ __all__ = [
     "LINE_SCHEMA",
     "PARQUET_SCHEMA",
     "PARQUET_WRITE",
+    "ROW_GROUP_ROWS",
     "SOURCE_RANK",
     "lines_to_table",
     "merge_rows",
@@ -76,9 +77,16 @@ PARQUET_WRITE: dict[str, Any] = {
 }
 
 
+# Rows in one row group of a file written whole: as imports and day files cut them, so that a
+# busy hour still has several (pyarrow's default, a million, would make one).
+ROW_GROUP_ROWS = 262_144
+
+
 def write_parquet(table: pl.DataFrame, path: Path) -> None:
     """``table`` (the store's columns) as one Parquet file, written as ``PARQUET_WRITE`` says."""
-    pq.write_table(table.to_arrow().cast(ARROW_SCHEMA), path, **PARQUET_WRITE)
+    pq.write_table(
+        table.to_arrow().cast(ARROW_SCHEMA), path, row_group_size=ROW_GROUP_ROWS, **PARQUET_WRITE
+    )
 
 
 # The one mapping of a line onto the columns: column -> (field of a stream frame's ``data``,

@@ -31,7 +31,13 @@ from recorder.store import layout
 from recorder.store.days import day_rows
 from recorder.store.durable import changing, fsync_dir
 from recorder.store.files import hour_files, parquet_problem, read_ndjson
-from recorder.store.schema import ARROW_SCHEMA, PARQUET_SCHEMA, PARQUET_WRITE, merge_rows
+from recorder.store.schema import (
+    ARROW_SCHEMA,
+    PARQUET_SCHEMA,
+    PARQUET_WRITE,
+    ROW_GROUP_ROWS,
+    merge_rows,
+)
 
 __all__ = ["BATCH_ROWS", "FAN_IN", "HourSpool"]
 
@@ -42,7 +48,7 @@ _EMPTY = pl.DataFrame(schema=PARQUET_SCHEMA)
 FAN_IN = 16  # sorted runs merged at once; more are first merged in groups of this many
 
 
-BATCH_ROWS = 262_144  # rows an hour file's row group holds, and the merge's unit of memory
+BATCH_ROWS = ROW_GROUP_ROWS  # rows an hour file's row group holds, and the merge's unit of memory
 
 
 @dataclass(slots=True)
