@@ -60,7 +60,7 @@ clean:
 
 .PHONY: bench
 # All benchmarks, about an hour on 2 cores (the recorder soak and the chaos run are 10 minutes
-# each; the year's store, ~16 GB under /tmp/tapewatch-bench, takes ~5 minutes to build once);
+# each; the year's store, ~12 GB under /tmp/tapewatch-bench, takes ~17 minutes to build once);
 # figures go to bench/README.md by hand. `make bench-year` runs only the year.
 bench: $(STAMP)
 	$(BIN)/python bench/windows_bench.py --days 1 30

@@ -2,7 +2,7 @@
 
 Builds (once, cached under --work) a synthetic store of ``--days`` days at ``--rate`` trades a
 day (the same store as ``engine_bench.py``: 365 days x 4 M trades is ~1.46 billion trades,
-~16 GB of Parquet hour files), then, in one run and on the same files:
+~12 GB of Parquet hour files), then, in one run and on the same files:
 
 - the floor: a bare DuckDB scan summing the five columns the windows read;
 - ``engine run`` with the defaults (20 s windows, walk-forward model, horizons with 1,000
