@@ -127,8 +127,9 @@ def _per_trade(t: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int) -> pl.Dat
     ts = t["trade_time"].dt.cast_time_unit("us").to_physical().to_numpy()
     p = t["price"].to_numpy()
     n = len(p)
-    # The first trade of each window: window k starts at lo_ms + k * every_ms.
-    edges = np.arange(lo_ms, hi_ms, every_ms, dtype=np.int64) * 1000
+    # The first trade of each window, whose starts are the multiples of every_ms (as
+    # group_by_dynamic's; from the one holding lo_ms, should lo_ms not be one).
+    edges = np.arange(lo_ms // every_ms * every_ms, hi_ms, every_ms, dtype=np.int64) * 1000
     starts = np.unique(np.searchsorted(ts, edges))
     starts = starts[starts < n]
     r2 = np.empty(n)
