@@ -133,10 +133,12 @@ def _per_trade(t: pl.DataFrame, every_ms: int, lo_ms: int, hi_ms: int) -> pl.Dat
     starts = np.unique(np.searchsorted(ts, edges))
     starts = starts[starts < n]
     r2 = np.empty(n)
+    r2[:1] = 0.0  # the first trade starts a window
+    tail = r2[1:]
     with np.errstate(divide="ignore", invalid="ignore"):  # as Polars: inf or NaN, no warning
-        np.divide(p[1:], p[:-1], out=r2[1:])
-        np.log(r2[1:], out=r2[1:])
-    np.multiply(r2, r2, out=r2)
+        np.divide(p[1:], p[:-1], out=tail)
+        np.log(tail, out=tail)
+    np.multiply(tail, tail, out=tail)
     r2[starts] = 0.0
     rel = np.repeat(p[starts], np.diff(starts, append=n))
     np.subtract(p, rel, out=rel)
