@@ -58,10 +58,12 @@ CREATE OR REPLACE MACRO tw_windows(sym, every_ms, start_ms, end_ms) AS TABLE
 WITH t0 AS (
     SELECT trade_id, price, qty, is_buyer_maker, epoch_ms(trade_time) AS ms
     FROM trades
-    -- Complete windows: from the one holding start_ms to the one holding end_ms - 1.
+    -- Complete windows: from the one holding start_ms to the one holding end_ms - 1. The
+    -- bounds are times, not epoch_ms(trade_time), so the scan skips row groups outside them.
     WHERE symbol = upper(sym)
-      AND epoch_ms(trade_time) >= (start_ms // every_ms) * every_ms
-      AND epoch_ms(trade_time) < ((end_ms + every_ms - 1) // every_ms) * every_ms
+      AND trade_time >= make_timestamp((start_ms // every_ms) * every_ms * 1000) AT TIME ZONE 'UTC'
+      AND trade_time < make_timestamp(((end_ms + every_ms - 1) // every_ms) * every_ms * 1000)
+          AT TIME ZONE 'UTC'
 ),
 t AS (
     -- Tick log return from the previous trade of the same window (none for its first trade:
