@@ -56,13 +56,16 @@ END);
 
 CREATE OR REPLACE MACRO tw_windows(sym, every_ms, start_ms, end_ms) AS TABLE
 WITH t0 AS (
-    SELECT trade_id, price, qty, is_buyer_maker, epoch_ms(trade_time) AS ms
+    -- The ms truncated, as engine/windows.py and layout.hour_of (epoch_ms rounds to the
+    -- nearest: a trade 0.4 ms before a window would be in it).
+    SELECT trade_id, price, qty, is_buyer_maker, epoch_us(trade_time) // 1000 AS ms
     FROM trades
     -- Complete windows: from the one holding start_ms to the one holding end_ms - 1. The
-    -- bounds are times, not epoch_ms(trade_time), so the scan skips row groups outside them.
+    -- bounds are times, not a function of trade_time, so the scan skips row groups outside.
     WHERE symbol = upper(sym)
-      AND trade_time >= make_timestamp((start_ms // every_ms) * every_ms * 1000) AT TIME ZONE 'UTC'
-      AND trade_time < make_timestamp(((end_ms + every_ms - 1) // every_ms) * every_ms * 1000)
+      AND trade_time >= make_timestamp((start_ms // every_ms) * every_ms * 1000::BIGINT)
+          AT TIME ZONE 'UTC'
+      AND trade_time < make_timestamp(((end_ms + every_ms - 1) // every_ms) * every_ms * 1000::BIGINT)
           AT TIME ZONE 'UTC'
 ),
 t AS (

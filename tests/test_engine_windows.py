@@ -147,6 +147,44 @@ def test_polars_and_duckdb_windows_agree(two_day_store, every):
     assert_same_windows(w, d)
 
 
+@pytest.mark.parametrize("every", [1_000, 20_000])
+def test_polars_and_duckdb_windows_agree_on_microsecond_times(tmp_path, every):
+    """Archive imports keep microseconds. A trade is in the window its time falls in, to the
+    microsecond, in both builds, however the range starts: 1 us before a window's start is the
+    window before (DuckDB's epoch_ms rounds to the nearest ms, so the SQL must not use it)."""
+    t = tape(T0 + 7_200_000, 120, 20, seed=5)
+    offsets = np.random.default_rng(5).choice([0, 1, 499, 500, 501, 999], t.height)
+    t = t.with_columns(pl.col("trade_time") + pl.duration(microseconds=pl.Series(offsets)))
+    # Trades 1 and 400 us before each window's start: epoch_ms would put the second in it.
+    starts = [T0 + 7_200_000 + k * every for k in range(1, 120_000 // every)]
+    edge = pl.Series([(s * 1000 - d) for s in starts for d in (1, 400)]).cast(pl.Datetime("us"))
+    t = (
+        pl.concat([t, t.head(len(edge)).with_columns(trade_time=edge.dt.replace_time_zone("UTC"))])
+        .sort("trade_time", maintain_order=True)
+        .with_columns(trade_id=pl.int_range(1, pl.len() + 1))  # ids in time order, as Binance's
+    )
+    write_store(tmp_path, "SIMUSDT", t)
+    index, con = open_store(tmp_path, "SIMUSDT"), connect(tmp_path)
+    for start in (T0 + 7_200_000, T0 + 7_200_000 + every, T0 + 7_200_000 + 3 * every + 1):
+        end = T0 + 7_200_000 + 120_000
+        w = build_windows(index, [every], start, end)[every]
+        d = con.sql(f"SELECT * FROM tw_windows('simusdt', {every}, {start}, {end})").pl()
+        assert (
+            w["trade_count"].sum()
+            == t.filter(pl.col("trade_time").dt.epoch("ms") >= start // every * every).height
+        )
+        assert_same_windows(w, d)
+
+
+def test_sql_windows_take_integer_arguments(tmp_path):
+    """DuckDB types small literals INTEGER (a range in January 1970): the macro's bounds in
+    microseconds must not overflow them."""
+    t = tape(0, 3600, 1, seed=1)
+    write_store(tmp_path, "SIMUSDT", t)
+    q = "SELECT sum(trade_count), count(*) FROM tw_windows('simusdt', 3600000, 0, 3600000)"
+    assert connect(tmp_path).sql(q).fetchall() == [(t.height, 1)]
+
+
 def assert_same_windows(w: pl.DataFrame, d: pl.DataFrame) -> None:
     """The Polars build ``w`` equals the SQL build ``d``: exactly where no sum is involved."""
     assert w.columns == [*d.columns, "gap"]
