@@ -132,10 +132,6 @@ WHERE coalesce(d->>'$.t', r->>'$.id') IS NOT NULL;
 -- query is either deduplicated against its hour's Parquet or not seen at all. A day merge
 -- renames its day file in and deletes the hour files inside the store's generation bracket,
 -- so a query that listed the store while a merge ran is run again (engine/sqlviews.py).
--- A filter on the trades' time cannot pass the deduplication (it partitions by trade id), so
--- the closed rows to deduplicate are bounded by the days they are stored in (every file holds
--- the trades of its hour or day, layout.py): DuckDB skips the row groups outside those days
--- by their statistics, instead of reading the whole store for every query.
 CREATE OR REPLACE VIEW trades AS
 WITH open_rows AS MATERIALIZED (SELECT * FROM _tw_open),
 open_dirs AS (SELECT DISTINCT _dir FROM open_rows),
@@ -146,25 +142,13 @@ mixed_days AS MATERIALIZED (
         _day IN (SELECT _day FROM stored_files WHERE NOT is_day_file)
         OR _day IN (SELECT _day FROM open_rows)
     )
-),
-dedup_days AS MATERIALIZED (
-    -- The first and the end of the days that hold rows to deduplicate ('infinity' and
-    -- '-infinity' when there are none: an empty range, every row group skipped).
-    SELECT coalesce(min(d), 'infinity')::TIMESTAMP AT TIME ZONE 'UTC' AS lo,
-           coalesce(max(d) + 1, '-infinity')::TIMESTAMP AT TIME ZONE 'UTC' AS hi
-    FROM (
-        SELECT split_part(_day, '/', 2)::DATE AS d FROM open_rows
-        UNION ALL
-        SELECT split_part(_day, '/', 2)::DATE FROM mixed_days
-    )
 )
 SELECT * EXCLUDE (_tier, _dir, _day) FROM _tw_closed
 WHERE _dir NOT IN (SELECT _dir FROM open_dirs) AND _day NOT IN (SELECT _day FROM mixed_days)
 UNION ALL BY NAME
 SELECT * EXCLUDE (_tier, _dir, _day) FROM (
     SELECT * FROM _tw_closed
-    WHERE (_dir IN (SELECT _dir FROM open_dirs) OR _day IN (SELECT _day FROM mixed_days))
-      AND trade_time >= (SELECT lo FROM dedup_days) AND trade_time < (SELECT hi FROM dedup_days)
+    WHERE _dir IN (SELECT _dir FROM open_dirs) OR _day IN (SELECT _day FROM mixed_days)
     UNION ALL BY NAME
     SELECT * FROM open_rows
 )

@@ -255,37 +255,3 @@ def test_a_busy_hour_is_written_in_row_groups_of_262144(tmp_path):
     assert sizes == [262_144, trades.height - 262_144]
     assert pl.read_parquet(final).equals(trades)
 
-
-def test_a_query_on_one_day_reads_no_row_group_of_another(tmp_path, frames_2024):
-    """A filter on time reaches the Parquet scans of the whole trades view, the branch that
-    deduplicates included: another day's row groups are skipped by their statistics, never
-    read. With the next day's pages damaged past reading, the day asked for still comes back
-    whole, with an hour being deduplicated in it or not, and so do its SQL windows."""
-    import duckdb
-
-    from engine.sqlviews import connect
-
-    write_frames(tmp_path, frames_2024)
-    compact_all(tmp_path)
-    damaged = layout.hour_dir(tmp_path, "BTCUSDT", layout.hour_of(frames_time(frames_2024[-1])))
-    assert "date=2024-08-09/hour=00" in damaged.as_posix()
-    data = bytearray((damaged / layout.PARQUET).read_bytes())
-    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
-    data[4:footer] = b"\xff" * (footer - 4)  # every page; the footer and its statistics kept
-    (damaged / layout.PARQUET).write_bytes(data)
-    with pytest.raises(duckdb.Error):  # thrift cannot parse a page header
-        view_query(tmp_path, "SELECT count(*) FROM trades")
-
-    day = "trade_time < TIMESTAMPTZ '2024-08-09 00:00:00+00'"
-    query = f"SELECT count(*), count(DISTINCT trade_id) FROM trades WHERE {day}"
-    assert view_query(tmp_path, query) == [(9738, 9738)]
-    write_frames(tmp_path, frames_2024[:100])  # copies, open in hour 23: deduplicated
-    assert view_query(tmp_path, query) == [(9738, 9738)]
-    hour_ms = layout.hour_of(frames_time(frames_2024[0])) * layout.HOUR_MS
-    end_ms = hour_ms + layout.HOUR_MS
-    windows = f"SELECT sum(trade_count) FROM tw_windows('btcusdt', 60000, {hour_ms}, {end_ms})"
-    assert connect(tmp_path).sql(windows).fetchall() == [(9738,)]
-
-
-def frames_time(frame: bytes) -> int:
-    return orjson.loads(frame)["data"]["T"]
