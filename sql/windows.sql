@@ -65,8 +65,9 @@ WITH t0 AS (
     WHERE symbol = upper(sym)
       AND trade_time >= make_timestamp((start_ms // every_ms) * every_ms * 1000::BIGINT)
           AT TIME ZONE 'UTC'
-      AND trade_time < make_timestamp(((end_ms + every_ms - 1) // every_ms) * every_ms * 1000::BIGINT)
-          AT TIME ZONE 'UTC'
+      AND trade_time < make_timestamp(
+              ((end_ms + every_ms - 1) // every_ms) * every_ms * 1000::BIGINT
+          ) AT TIME ZONE 'UTC'
 ),
 t AS (
     -- Tick log return from the previous trade of the same window (none for its first trade:
