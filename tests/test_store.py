@@ -254,4 +254,3 @@ def test_a_busy_hour_is_written_in_row_groups_of_262144(tmp_path):
     sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     assert sizes == [262_144, trades.height - 262_144]
     assert pl.read_parquet(final).equals(trades)
-
