@@ -149,14 +149,26 @@ def test_closed_hours_are_uploaded_while_recording_and_the_open_hour_is_not(s3, 
             wait_until(lambda: [e["key"] for e in ledger(data)] == [CLOSED], 20, "the upload")
             fake.threadsafe(fake.start_market)
             wait_until(lambda: ndjson_lines(data) == len(stream), 20, "the open hour's trades")
-            # The status file is a snapshot written every few seconds: wait for the one taken
-            # after the run that copied the hour (the run at start-up, before the compaction,
-            # copied nothing and stamped an earlier last_upload_ms than the live metric's).
-            wait_until(lambda: status(data)["stats"].get("files_uploaded") == 1, 10, "the status")
-            stats = status(data)["stats"]
             port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", Path(p.log_path).read_text())
             assert port, Path(p.log_path).read_text()
-            text = httpx.get(f"http://127.0.0.1:{port[1]}/metrics").text
+            seen: list[tuple[dict, dict]] = []
+
+            def settled() -> bool:
+                # The status file is a snapshot written every few seconds; the metrics are live.
+                # A run may follow the one that copied the hour (a compaction that ends during a
+                # run asks for another; it copies nothing and stamps a later last_upload_ms), so
+                # wait until the snapshot and the metrics describe the same last run.
+                st = status(data)["stats"]
+                text = httpx.get(f"http://127.0.0.1:{port[1]}/metrics").text
+                m = {
+                    s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                }
+                seen[:] = [(st, m)]
+                last = m.get("tapewatch_recorder_last_upload_timestamp_seconds")
+                return st.get("files_uploaded") == 1 and last == st["last_upload_ms"] / 1000
+
+            wait_until(settled, 10, "the status and the metrics to agree")
+            ((stats, samples),) = seen
             # `recorder upload` beside the running recorder: no lock to fight over.
             r = CliRunner().invoke(
                 main, ["upload", "--data-dir", str(data), "--to", url], env=s3.env
@@ -183,7 +195,6 @@ def test_closed_hours_are_uploaded_while_recording_and_the_open_hour_is_not(s3, 
     assert stats["files_uploaded"] == 1 and stats["bytes_uploaded"] == len(local)
     assert stats["upload_failures"] == 0
     assert abs(stats["last_upload_ms"] / 1000 - time.time()) < 60
-    samples = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
     p_ = "tapewatch_recorder_"
     assert samples[p_ + "files_uploaded_total"] == 1
     assert samples[p_ + "bytes_uploaded_total"] == len(local)
