@@ -8,8 +8,10 @@ clock is the latest trade time in the store, advanced while the market is quiet 
 clock minus the usual receive-time offset the recorder stored, so a replay of old trades at
 any speed behaves like live.
 
-Known limit: a trade that reaches the store after its window closed (a backfill slower than
-``grace``) is in the batch rerun but not in the window followed live.
+The clock is read before the store is, so a trade on disk when a window closes is in it,
+however long the read takes. Known limit: a trade that reaches the store after its window
+closed (a backfill slower than ``grace``, or a recorder held up for longer than ``grace``
+while the wall clock runs on) is in the batch rerun but not in the window followed live.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ class StoreFollower:
         None when nothing is being written."""
         return self.index.tail.recv_offset_ms if self.index.tail else None
 
-    def now(self, latest_ms: int | None) -> int:
-        """The exchange's clock (UTC ms), given the latest trade time seen (None: none)."""
+    def now(self, latest_ms: int | None, wall: float | None = None) -> int:
+        """The exchange's clock (UTC ms), given the latest trade time seen (None: none), at
+        wall time ``wall`` (seconds; default: now)."""
         offset = self.recv_offset_ms
         if offset is None:  # nothing is being written: time stands at the last trade
             return latest_ms or 0
-        return max(int(self._clock() * 1000) - offset, latest_ms or 0)
+        wall = self._clock() if wall is None else wall
+        return max(int(wall * 1000) - offset, latest_ms or 0)
 
     def closed_wall_ms(self, start_ms: int) -> int | None:
         """Wall time (UTC ms) at which the window starting at ``start_ms`` closed, as the
@@ -71,9 +75,10 @@ class StoreFollower:
     def first_open(self) -> int:
         """Start (UTC ms) of the first window the exchange's clock has not closed yet."""
         last = self.index.last_hour * _HOUR_MS
+        wall = self._clock()  # before the store, as in ``closed``
         t = self.index.load(last, last + 2 * _HOUR_MS)
         latest = int(t["trade_time"].max().timestamp() * 1000) if t.height else None  # type: ignore[union-attr]
-        return (self.now(latest) - self.grace) // self.every * self.every
+        return (self.now(latest, wall) - self.grace) // self.every * self.every
 
     def start(self, start_ms: int) -> pl.DataFrame | None:
         """Follow from the window starting at ``start_ms`` (a multiple of ``every``); returns
@@ -93,9 +98,13 @@ class StoreFollower:
         on), so a caller that stops midway leaves the window it did not finish."""
         while True:
             lo = self.next_start
+            # The clock is read before the store: a trade written while the store is read
+            # (a slow read, a busy machine) may be missing from ``trades``, so a clock read
+            # after it could close that trade's window without it.
+            wall = self._clock()
             trades = self.index.load(lo, lo + _LOOK_MS)
             latest = int(trades["trade_time"][-1].timestamp() * 1000) if trades.height else None
-            now = self.now(latest)
+            now = self.now(latest, wall)
             gaps = id_gaps(trades, self._prev) + self.index.recorded_gaps()
             # A window is finished with the trades up to its close (for id continuity), so
             # only windows whose close lies inside what was read are done from this read.
