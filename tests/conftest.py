@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -33,6 +34,20 @@ def frames_2024() -> list[bytes]:
 @pytest.fixture(scope="session")
 def frames_2023() -> list[bytes]:
     return load_frames(CAPTURE_2023)
+
+
+def in_a_future_hour(frames: list[bytes]) -> list[bytes]:
+    """``frames`` moved by whole hours to start two hours from now: an hour that no recorder
+    counts as closed (and compacts) while they are replayed."""
+    t0 = orjson.loads(frames[0])["data"]["T"]
+    shift = (int(time.time() * 1000) // layout.HOUR_MS + 2 - t0 // layout.HOUR_MS) * layout.HOUR_MS
+    moved = []
+    for f in frames:
+        frame = orjson.loads(f)
+        frame["data"]["T"] += shift
+        frame["data"]["E"] += shift
+        moved.append(orjson.dumps(frame))
+    return moved
 
 
 def fast_config(data_dir: Path, fake, **kw) -> RecorderConfig:

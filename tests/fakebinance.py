@@ -60,6 +60,7 @@ class _Client:
     ws: ServerConnection
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     streams: str = ""
+    opened: float = field(default_factory=time.monotonic)
 
 
 class FakeBinance:
@@ -186,6 +187,21 @@ class FakeBinance:
     def drop_all(self) -> None:
         for c in list(self.clients):
             self._end(c)
+
+    @staticmethod
+    def drop_when_connected(min_age: float = 0.0):
+        """An action for ``at``: ``drop_all`` once a connection is open and ``min_age`` seconds
+        old. Until then it moves on to the next trade, so a drop due while the recorder is
+        still reconnecting (a slow machine) is late, never lost."""
+
+        def act(f: FakeBinance) -> None:
+            now = time.monotonic()
+            if f.clients and all(now - c.opened >= min_age for c in f.clients):
+                f.drop_all()
+            else:
+                f.at(f.executed + 1, act)
+
+        return act
 
     def shutdown_all(self, close_after: float = 0.5) -> None:
         msg = orjson.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1}})

@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
-from conftest import UNIT
+from conftest import UNIT, in_a_future_hour
 from fakebinance import FakeBinance
 from prometheus_client.parser import text_string_to_metric_families
 from pyarrow import fs
@@ -49,15 +49,7 @@ def s3(tmp_path_factory):
 def tape(frames_2024) -> tuple[list[bytes], list[bytes]]:
     """(hour 23 as captured, the next 3000 trades moved into an hour that is still to come)."""
     n = next(i for i, f in enumerate(frames_2024) if orjson.loads(f)["data"]["T"] >= MIDNIGHT)
-    future = (int(time.time() * 1000) // layout.HOUR_MS + 2) * layout.HOUR_MS
-    shift = future - MIDNIGHT
-    moved = []
-    for f in frames_2024[n : n + 3000]:
-        frame = orjson.loads(f)
-        frame["data"]["T"] += shift
-        frame["data"]["E"] += shift
-        moved.append(orjson.dumps(frame))
-    return frames_2024[:n], moved
+    return frames_2024[:n], in_a_future_hour(frames_2024[n : n + 3000])
 
 
 class Silent:
