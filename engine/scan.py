@@ -185,7 +185,11 @@ class StoreIndex(HeldHours):
         parquet: list[Path] = []
         partial = False  # a day file is read beyond [start_ms, end_ms)
         mixed: list[pl.DataFrame] = []
-        for day in range(start_ms // layout.DAY_MS, (end_ms - 1) // layout.DAY_MS + 1):
+        # Newest first (then put back in order): the recorder appends in arrival order, so a
+        # trade seen in a later hour's file arrived after every trade of the earlier hours
+        # that will be read next. A follower's clock, which runs from the latest trade it
+        # sees, then never closes a window on a trade written while the files were read.
+        for day in reversed(range(start_ms // layout.DAY_MS, (end_ms - 1) // layout.DAY_MS + 1)):
             files = list_day(self.root, self.symbol, day)
             hours = {h: f for h, f in files.hours.items() if first_hour <= h <= last_hour}
             if self.tail is not None:  # following a live store: hours appear
@@ -196,11 +200,13 @@ class StoreIndex(HeldHours):
             if files.day_file is not None:
                 parquet.append(files.day_file)
                 partial |= start_ms > day * DAY_MS or end_ms < (day + 1) * DAY_MS
-            for pq, ndjson in hours.values():
+            for _, (pq, ndjson) in sorted(hours.items(), reverse=True):
                 if ndjson:
                     mixed.append(self._mixed_hour(pq, ndjson))
                 elif pq is not None:
                     parquet.append(pq)
+        parquet.reverse()
+        mixed.reverse()
         parts = ([_read_parquet(parquet, start_ms, end_ms, partial)] if parquet else []) + mixed
         return finish_chunk(parts, start_ms, end_ms)
 

@@ -21,7 +21,7 @@ from engine.live.alerts import Alert, Alerter
 from engine.live.follower import StoreFollower
 from engine.model import ModelParams, walk_forward
 from engine.pipeline import Settings
-from engine.scan import open_store
+from engine.scan import TailCache, open_store
 from engine.watch import Watcher, WatchOptions
 from engine.windows import build_windows
 from recorder.compact import compact_hour
@@ -212,6 +212,41 @@ def test_a_trade_written_while_the_store_is_read_is_in_its_window(tmp_path, fram
     )
     assert live["trade_count"].to_list() == ref["trade_count"].to_list()
     assert live["trade_count"].sum() == len(frames)
+
+
+def test_a_read_across_midnight_is_a_prefix_of_what_was_written(tmp_path, frames_2024):
+    """The recorder writes the last trade of 23:00 and the first of 00:00 while the follower
+    reads the store: what it reads is all the trades up to one, never the later one without
+    the earlier (which would move its clock past a window still missing a trade)."""
+    n = next(i for i, f in enumerate(frames_2024) if orjson.loads(f)["data"]["T"] >= MIDNIGHT)
+    frames = frames_2024[n - 100 : n + 1]  # 100 trades of hour 23, then one of hour 0
+    ids = [orjson.loads(f)["data"]["t"] for f in frames]
+    init_store(tmp_path)
+    w = StoreWriter(tmp_path)
+
+    def put(raws: list[bytes]) -> None:
+        for raw in raws:
+            f = decode_frame(raw, 1_723_161_600_000_000, SYMS)
+            w.append([(f.symbol, layout.hour_of(f.trade_time), f.line)])
+        w.sync()
+
+    put(frames[:-2])
+
+    class WritesDuringTheRead(TailCache):
+        def read(self, path: Path) -> pl.DataFrame:
+            table = super().read(path)
+            if not hasattr(self, "done"):
+                self.done = True
+                put(frames[-2:])  # the last of hour 23, then the first of hour 0
+            return table
+
+    index = open_store(tmp_path, "BTCUSDT")
+    index.tail = WritesDuringTheRead()
+    span = (MIDNIGHT - 3_600_000, MIDNIGHT + 3_600_000)
+    seen = index.load(*span)["trade_id"].to_list()
+    assert seen == ids[: len(seen)] and len(seen) >= len(frames) - 2
+    assert index.load(*span)["trade_id"].to_list() == ids  # the next look has both
+    w.close()
 
 
 def test_restart_resumes_after_the_last_window(tmp_path, frames_2024):
