@@ -147,6 +147,13 @@ def seaweedfs(workdir: Path, timeout: float = 30.0, attempts: int = 3) -> Iterat
             f"-bucket={BUCKET}",
         ]
         server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", BUCKET, log)
+        # Sockets it names by port in /tmp whatever TMPDIR says, left when it is killed. One
+        # there before it started is another server's (the attempt failed on that port).
+        paths = [
+            Path(f"/tmp/seaweedfs-{name}-grpc-{ports[f'{name}.port.grpc']}.sock")
+            for name in ("master", "volume", "filer", "s3", "admin")
+        ]
+        sockets = [path for path in paths if not path.exists()]
         with open(log, "wb") as out:
             # Its own environment: AWS_* of the caller must not configure the server, and its
             # logs go to TMPDIR.
@@ -164,10 +171,8 @@ def seaweedfs(workdir: Path, timeout: float = 30.0, attempts: int = 3) -> Iterat
                 return
         finally:
             _stop(proc)
-            # Sockets it names by port in /tmp whatever TMPDIR says, left when it is killed.
-            for name in ("master", "volume"):
-                port = ports[f"{name}.port.grpc"]
-                Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock").unlink(missing_ok=True)
+            for sock in sockets:
+                sock.unlink(missing_ok=True)
     raise RuntimeError(f"SeaweedFS exited at start {attempts} times; see {workdir}/weed-*.log")
 
 
