@@ -161,9 +161,17 @@ def test_no_watchdog_ping_when_nothing_arrives(frames_2024):
             RecorderConfig(symbols=("BTCUSDT",), data_dir=Path("/nonexistent")), notifier=n
         )
         house = Housekeeping(rec, lock=None)
+
+        async def frames_arrive() -> None:  # activity every 0.05 s, as a busy stream gives
+            while True:
+                rec.conns.last_activity = time.monotonic()
+                await asyncio.sleep(0.05)
+
+        feed = asyncio.create_task(frames_arrive())
         task = asyncio.create_task(house.watchdog_loop())
-        await asyncio.sleep(0.5 * UNIT)
+        await asyncio.sleep(0.5 * UNIT)  # about 4 pings, one every 0.1 s
         alive = n.sent.count("WATCHDOG=1")
+        feed.cancel()
         rec.conns.last_activity -= 10  # nothing arrived for 10 s
         n.sent.clear()
         await asyncio.sleep(0.5 * UNIT)
