@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,11 +101,12 @@ def main() -> None:
     if args.child:
         child(args.windows)
         return
-    out = Path("/tmp/tapewatch-evaluate-bench.txt")
-    secs, rss = run_measured(
-        [sys.executable, __file__, "--child", "--windows", str(args.windows)], stdout=out
-    )
-    print(out.read_text().strip())
+    with tempfile.TemporaryDirectory(prefix="tapewatch-evaluate-bench-") as tmp:
+        out = Path(tmp) / "child.txt"
+        secs, rss = run_measured(
+            [sys.executable, __file__, "--child", "--windows", str(args.windows)], stdout=out
+        )
+        print(out.read_text().strip())
     print(
         f"engine evaluate: {args.windows:,} windows of 20 s, 4 horizons, model + 3 competitors, "
         f"2 metrics: {secs:.1f} s wall (process), peak RSS {rss:,.0f} MB"
