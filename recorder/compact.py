@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,9 +156,21 @@ def sweep_temporaries(directory: Path) -> list[Path]:
     return removed
 
 
+# Compactions of one hour in one process take turns. A stopped recorder's compactor thread is
+# abandoned, not joined (``sink.DaemonWorker``), and may still be at work when the process
+# compacts the hour again; both would write ``.trades.parquet.tmp-PID``. Other processes are
+# kept out by the store lock. Striped: a bounded set of locks, whatever the number of hours.
+_HOUR_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
 def compact_hour(root: Path, hour_dir: Path, include_active: bool = True) -> CompactResult:
     """Compact one hour directory. A running recorder passes ``include_active=False``: the
     open file it may still append to is left for the next round."""
+    with _HOUR_LOCKS[hash(hour_dir.absolute()) % len(_HOUR_LOCKS)]:
+        return _compact_hour(root, hour_dir, include_active)
+
+
+def _compact_hour(root: Path, hour_dir: Path, include_active: bool) -> CompactResult:
     sweep_temporaries(hour_dir)
     ndjson = hour_files(hour_dir, include_active)[1]
     table, bad = read_hour(hour_dir, include_active)

@@ -254,3 +254,45 @@ def test_a_busy_hour_is_written_in_row_groups_of_262144(tmp_path):
     sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     assert sizes == [262_144, trades.height - 262_144]
     assert pl.read_parquet(final).equals(trades)
+
+
+def test_two_compactions_of_one_hour_in_one_process_take_turns(tmp_path, frames_2024, monkeypatch):
+    """A stopped recorder's compactor thread, abandoned mid-compaction, may still be at work
+    when the same process compacts the hour again (a restart in process, a final pass): the
+    two take turns. Both wrote ``.trades.parquet.tmp-PID``, so the second renamed the first's
+    file away and the first failed with FileNotFoundError."""
+    import threading
+    import time
+
+    from recorder.store import durable
+
+    frames = frames_2024[:300]
+    write_frames(tmp_path, frames)
+    d = layout.hour_dirs(tmp_path)[0]
+    real = durable.write_parquet
+    written = threading.Event()
+
+    def slow(table, path):  # the first compaction pauses between its write and its rename
+        real(table, path)
+        if threading.current_thread().name == "abandoned":
+            written.set()
+            time.sleep(0.3)
+
+    monkeypatch.setattr(durable, "write_parquet", slow)
+    errors: list[BaseException] = []
+
+    def abandoned() -> None:
+        try:
+            compact_hour(tmp_path, d)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=abandoned, name="abandoned")
+    t.start()
+    assert written.wait(10)
+    r = compact_hour(tmp_path, d)
+    t.join(10)
+    assert errors == []
+    assert (r.rows, r.ndjson_files) == (300, 0)  # the second found the first's Parquet file
+    assert [p.name for p in d.iterdir()] == [layout.PARQUET]
+    assert_rows_match_frames(stored_rows(tmp_path).drop("recv_time"), frames)
