@@ -35,7 +35,7 @@ import polars as pl
 
 from engine.errors import DataError, InputError
 from recorder.store import layout, parse_ndjson, read_gaps
-from recorder.store.files import DayFiles, day_file_hours, list_day
+from recorder.store.files import DayFiles, day_file_hours, hour_files, list_day
 
 __all__ = [
     "COLUMNS",
@@ -219,11 +219,13 @@ class StoreIndex(HeldHours):
     ) -> pl.DataFrame:
         """A day file with hour files beside it, deduplicated (the day file's copy first)."""
         frames = [_read_parquet([files.day_file], start_ms, end_ms, True)] if files.day_file else []
-        for pq, ndjson in hours.values():
+        newest_first = []  # as in ``_load``
+        for _, (pq, ndjson) in sorted(hours.items(), reverse=True):
             if ndjson:
-                frames.append(self._mixed_hour(pq, ndjson))
+                newest_first.append(self._mixed_hour(pq, ndjson))
             elif pq is not None:
-                frames.append(_read_parquet([pq]))
+                newest_first.append(_read_parquet([pq]))
+        frames += reversed(newest_first)
         return pl.concat(frames).unique("trade_id", keep="first", maintain_order=True)
 
     def _mixed_hour(self, pq: Path | None, ndjson: list[Path]) -> pl.DataFrame:
@@ -232,6 +234,10 @@ class StoreIndex(HeldHours):
         frames = [_read_parquet([pq])] if pq is not None else []
         for path in ndjson:
             frames.append(self.tail.read(path) if self.tail else _read_ndjson(path))
+        # A file renamed (sealed for compaction) after the listing, its name taken since by a
+        # late trade's new file, was read as that new file: the hour is read again.
+        if ndjson and hour_files(ndjson[0].parent)[1] != ndjson:
+            raise FileNotFoundError(f"{ndjson[0].parent} changed while read")
         if self.tail is not None:
             self.tail.forget_missing()
         return pl.concat(frames).unique("trade_id", keep="first") if frames else EMPTY_TRADES

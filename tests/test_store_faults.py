@@ -465,3 +465,48 @@ def test_temporaries_of_dead_processes_are_removed(tmp_path):
     assert view_query(tmp_path, "SELECT count(*) FROM trades")[0][0] == sum(
         pl.read_parquet(d / layout.PARQUET).height for d in (h0, h1)
     )
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["batch", "follower"])
+def test_an_hour_sealed_between_listing_and_read_is_read_again(
+    tmp_path, frames_2024, monkeypatch, follow
+):
+    """The recorder seals an hour's open NDJSON (renames it for compaction) just after a
+    reader listed the hour, and a late trade for the hour (a REST fill) starts a new
+    ``trades.ndjson``: the reader must not take that new file for the whole hour."""
+    import engine.scan as scan
+    from engine.scan import TailCache
+    from recorder.frames import decode_frame
+    from recorder.writer import StoreWriter
+
+    frames = frames_2024[:1001]  # all in hour 23
+    init_store(tmp_path)
+    w = StoreWriter(tmp_path)
+    hours = []
+
+    def put(raws: list[bytes]) -> None:
+        for raw in raws:
+            f = decode_frame(raw, 1_723_161_600_000_000, frozenset({"BTCUSDT"}))
+            hours.append(layout.hour_of(f.trade_time))
+            w.append([(f.symbol, hours[-1], f.line)])
+        w.sync()
+
+    put(frames[:1000])
+    span = (hours[0] * layout.HOUR_MS, (hours[0] + 1) * layout.HOUR_MS)
+    index = open_store(tmp_path, "BTCUSDT")
+    if follow:
+        index.tail = TailCache()
+        assert index.load(*span).height == 1000
+    listed = scan.list_day
+
+    def list_then_seal(*args, **kwargs):
+        files = listed(*args, **kwargs)
+        if len(hours) == 1000:
+            w.seal("BTCUSDT", hours[0])
+            put(frames[1000:])  # the late trade
+        return files
+
+    monkeypatch.setattr(scan, "list_day", list_then_seal)
+    got = index.load(*span)
+    w.close()
+    assert got["trade_id"].to_list() == [orjson.loads(f)["data"]["t"] for f in frames]

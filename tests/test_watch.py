@@ -249,6 +249,52 @@ def test_a_read_across_midnight_is_a_prefix_of_what_was_written(tmp_path, frames
     w.close()
 
 
+def test_a_read_beside_a_day_file_is_a_prefix_of_what_was_written(tmp_path, frames_2024):
+    """Late trades for hours 22 and 23 beside a merged day file (the day was merged, then REST
+    filled it in) are read newest first too: never the later one without the earlier."""
+    from test_store import compact_all, write_frames
+
+    from recorder.store.days import merge_day
+
+    n = next(i for i, f in enumerate(frames_2024) if orjson.loads(f)["data"]["T"] >= MIDNIGHT)
+    write_frames(tmp_path, frames_2024[:n])  # hour 23 of 2024-08-08
+    compact_all(tmp_path)
+    merge_day(tmp_path, "BTCUSDT", MIDNIGHT // 86_400_000 - 1)
+
+    def late(trade_id: int, hour: int) -> bytes:  # a trade of that hour of the 8th
+        frame = orjson.loads(frames_2024[0])
+        t = MIDNIGHT - (24 - hour) * 3_600_000 + trade_id
+        frame["data"].update(t=trade_id, T=t, E=t)
+        return orjson.dumps(frame)
+
+    w = StoreWriter(tmp_path)
+
+    def put(raw: bytes) -> None:
+        f = decode_frame(raw, MIDNIGHT * 1000, SYMS)
+        w.append([(f.symbol, layout.hour_of(f.trade_time), f.line)])
+        w.sync()
+
+    put(late(1, 22))
+    put(late(2, 23))
+
+    class WritesDuringTheRead(TailCache):
+        def read(self, path: Path) -> pl.DataFrame:
+            table = super().read(path)
+            if not hasattr(self, "done"):
+                self.done = True
+                put(late(3, 22))  # arrives first
+                put(late(4, 23))
+            return table
+
+    index = open_store(tmp_path, "BTCUSDT")
+    index.tail = WritesDuringTheRead()
+    span = (MIDNIGHT - 3 * 3_600_000, MIDNIGHT)
+    seen = [i for i in index.load(*span)["trade_id"].to_list() if i < 10]
+    assert sorted(seen) == [1, 2, 3, 4][: len(seen)] and len(seen) >= 2
+    assert sorted(i for i in index.load(*span)["trade_id"].to_list() if i < 10) == [1, 2, 3, 4]
+    w.close()
+
+
 def test_restart_resumes_after_the_last_window(tmp_path, frames_2024):
     history(tmp_path, frames_2024[:4000])
     replay = Replay(tmp_path, frames_2024[4000:9000], realtime_s=0, speed=40)
