@@ -210,7 +210,7 @@ def test_a_hung_object_store_holds_up_neither_recording_nor_sigterm(tape, tmp_pa
                 wait_until(lambda: silent.accepted >= 1, 20, "an upload to start")
                 fake.threadsafe(fake.start_market)
                 wait_until(lambda: ndjson_lines(data) >= 2000, 20, "trades while it hangs")
-                assert (data / CLOSED).exists()  # compaction went on too
+                wait_until((data / CLOSED).exists, 20, "compaction, which goes on too")
                 stats = status(data)["stats"]
             finally:
                 rc, seconds, log = stop(p)
