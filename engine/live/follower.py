@@ -57,13 +57,12 @@ class StoreFollower:
         None when nothing is being written."""
         return self.index.tail.recv_offset_ms if self.index.tail else None
 
-    def now(self, latest_ms: int | None, wall: float | None = None) -> int:
-        """The exchange's clock (UTC ms), given the latest trade time seen (None: none), at
-        wall time ``wall`` (seconds; default: now)."""
+    def now(self, latest_ms: int | None, wall: float) -> int:
+        """The exchange's clock (UTC ms), given the latest trade time seen (None: none) and
+        the wall time (seconds) read before the store was."""
         offset = self.recv_offset_ms
         if offset is None:  # nothing is being written: time stands at the last trade
             return latest_ms or 0
-        wall = self._clock() if wall is None else wall
         return max(int(wall * 1000) - offset, latest_ms or 0)
 
     def closed_wall_ms(self, start_ms: int) -> int | None:
