@@ -82,6 +82,14 @@ class Replay(threading.Thread):
         w.close()
 
 
+def store_frames(w: StoreWriter, raws: list[bytes], recv_us: int) -> None:
+    """Append frames to their open-hour files as the recorder does, then fsync them."""
+    for raw in raws:
+        f = decode_frame(raw, recv_us, SYMS)
+        w.append([(f.symbol, layout.hour_of(f.trade_time), f.line)])
+    w.sync()
+
+
 def history(root: Path, frames: list[bytes]) -> None:
     from test_store import compact_all, write_frames
 
@@ -186,9 +194,7 @@ def test_a_trade_written_while_the_store_is_read_is_in_its_window(tmp_path, fram
     w = StoreWriter(tmp_path)
 
     def put(raw: bytes, t: int) -> None:
-        f = decode_frame(raw, (t + lag_ms) * 1000, SYMS)  # received 100 ms after the trade
-        w.append([(f.symbol, layout.hour_of(f.trade_time), f.line)])
-        w.sync()
+        store_frames(w, [raw], (t + lag_ms) * 1000)  # received 100 ms after the trade
 
     for raw, t in zip(frames[:-1], times[:-1], strict=True):
         put(raw, t)
@@ -225,10 +231,7 @@ def test_a_read_across_midnight_is_a_prefix_of_what_was_written(tmp_path, frames
     w = StoreWriter(tmp_path)
 
     def put(raws: list[bytes]) -> None:
-        for raw in raws:
-            f = decode_frame(raw, 1_723_161_600_000_000, SYMS)
-            w.append([(f.symbol, layout.hour_of(f.trade_time), f.line)])
-        w.sync()
+        store_frames(w, raws, MIDNIGHT * 1000)
 
     put(frames[:-2])
 
@@ -270,9 +273,7 @@ def test_a_read_beside_a_day_file_is_a_prefix_of_what_was_written(tmp_path, fram
     w = StoreWriter(tmp_path)
 
     def put(raw: bytes) -> None:
-        f = decode_frame(raw, MIDNIGHT * 1000, SYMS)
-        w.append([(f.symbol, layout.hour_of(f.trade_time), f.line)])
-        w.sync()
+        store_frames(w, [raw], MIDNIGHT * 1000)
 
     put(late(1, 22))
     put(late(2, 23))
